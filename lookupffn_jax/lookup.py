@@ -72,20 +72,22 @@ def _raise_if_out_of_range(op_name, table_size, any_bad, bad_code, token, table)
 
 def _check_codes_in_range(op_name: str, codes_NxT: jax.Array, table_size: int):
   """Raises at run time, from a host callback, if any code is out of range."""
+  if codes_NxT.size == 0:
+    return
   bad_NxT = (codes_NxT < 0) | (codes_NxT >= table_size)
   first = jnp.argmax(bad_NxT.reshape(-1))
   num_tables = max(codes_NxT.shape[-1], 1)
   jax.debug.callback(
       functools.partial(_raise_if_out_of_range, op_name, table_size),
       jnp.any(bad_NxT),
-      codes_NxT.reshape(-1)[first] if codes_NxT.size else jnp.int32(0),
+      codes_NxT.reshape(-1)[first],
       first // num_tables,
       first % num_tables,
   )
 
 
 def _dispatch(implementation: str, ffi_fn: Callable, reference_fn: Callable, *args):
-  """Runs `ffi_fn` or `reference_fn` as `implementation` asks."""
+  """Runs `ffi_fn` or `reference_fn`, as selected by `implementation`."""
   if implementation == "reference":
     return reference_fn(*args)
   if implementation == "ffi":

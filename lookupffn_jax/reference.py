@@ -29,15 +29,18 @@ def code_bit_values(code_length: int) -> jax.Array:
 def hash_codes(z_NxTxK: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns the int32 codes and the scores of projections `z`."""
   bits = (z_NxTxK > 0).astype(jnp.int32)
-  codes_NxT = jnp.sum(bits * code_bit_values(z_NxTxK.shape[-1]), axis=-1)
+  codes_NxT = jnp.sum(
+      bits * code_bit_values(z_NxTxK.shape[-1]), axis=-1, dtype=jnp.int32
+  )
   return codes_NxT, hash_scores(z_NxTxK)
 
 
 def hash_scores(z_NxTxK: jax.Array) -> jax.Array:
   """Returns `(sum_j |z_j|) * prod_j sigmoid(2 |z_j|)` over the last axis."""
-  # The product is taken in log space and in float32 so that neither it nor
+  # The product is taken in log space and in at least float32 so that neither it nor
   # its gradient underflows or overflows for |z| up to 1e4, even for bf16 z.
-  abs_z = jnp.abs(z_NxTxK.astype(jnp.float32))
+  compute_dtype = jnp.promote_types(z_NxTxK.dtype, jnp.float32)
+  abs_z = jnp.abs(z_NxTxK.astype(compute_dtype))
   log_q_top = jnp.sum(jax.nn.log_sigmoid(2.0 * abs_z), axis=-1)
   scores = jnp.sum(abs_z, axis=-1) * jnp.exp(log_q_top)
   return scores.astype(z_NxTxK.dtype)
@@ -80,7 +83,8 @@ def straight_through_surrogate(
   neighbour that flips bit j, <z, s> = sum|z| - 2|z_j| and
   q(s) = q(s*) exp(-2|z_j|).
   """
-  z_NxTxK = z_NxTxK.astype(jnp.float32)
+  compute_dtype = jnp.promote_types(z_NxTxK.dtype, jnp.float32)
+  z_NxTxK = z_NxTxK.astype(compute_dtype)
   code_length = z_NxTxK.shape[-1]
 
   # Candidate codes and sign vectors: index 0 is the top code, index 1 + j
@@ -96,17 +100,27 @@ def straight_through_surrogate(
   )
   signs_NxTxCxK = top_signs_NxTxK[..., None, :] * flips_CxK
 
-  # Weights <z, s> q(s) of every candidate.
-  inner_NxTxC = jnp.sum(z_NxTxK[..., None, :] * signs_NxTxCxK, axis=-1)
-  abs_z = jnp.abs(z_NxTxK)
-  log_partition_NxT = jnp.sum(abs_z + jax.nn.softplus(-2.0 * abs_z), axis=-1)
-  weights_NxTxC = inner_NxTxC * jnp.exp(inner_NxTxC - log_partition_NxT[..., None])
+  # Weights <z, s> q(s) of every candidate. Each term of
+  # log q(s) = sum_j (z_j s_j - |z_j| - log(1 + exp(-2|z_j|))) is formed
+  # before the sum, so large |z| cancels exactly instead of in the total.
+  z_NxTx1xK = z_NxTxK[..., None, :]
+  abs_z_NxTx1xK = jnp.abs(z_NxTx1xK)
+  inner_NxTxC = jnp.sum(z_NxTx1xK * signs_NxTxCxK, axis=-1)
+  log_q_NxTxC = jnp.sum(
+      z_NxTx1xK * signs_NxTxCxK
+      - abs_z_NxTx1xK
+      - jax.nn.softplus(-2.0 * abs_z_NxTx1xK),
+      axis=-1,
+  )
+  weights_NxTxC = inner_NxTxC * jnp.exp(log_q_NxTxC)
 
   num_tables = tables_TxSxD.shape[0]
   rows_NxTxCxD = tables_TxSxD[
       jnp.arange(num_tables)[None, :, None], candidate_codes_NxTxC
   ]
-  return jnp.einsum("ntc,ntcd->nd", weights_NxTxC, rows_NxTxCxD.astype(jnp.float32))
+  return jnp.einsum(
+      "ntc,ntcd->nd", weights_NxTxC, rows_NxTxCxD.astype(compute_dtype)
+  )
 
 
 def lookup(

@@ -1,0 +1,620 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// XLA FFI handlers for the LookupFFN ops on CPU: the weighted table gather
+// and the fused hash-and-gather, forward and backward. The math and its
+// pure-jnp oracle are in lookupffn_jax/reference.py; shapes in names follow
+// it: N tokens, T tables, K code bits, S = 2^K rows, D row width.
+//
+// Every operand may carry leading batch dimensions (added by jax.vmap with
+// vmap_method="expand_dims"), each of size 1 or B; outputs have size B.
+
+#include "lookup.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "parallel.h"
+#include "simd.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace lookupffn {
+namespace {
+
+// Work granularity. Chunks are fixed by the shape alone, never by the thread
+// count, so each output element is computed by the same operations in the
+// same order whichever thread runs it.
+constexpr int64_t kTokensPerChunk = 32;
+constexpr int64_t kColumnsPerChunk = 256;
+
+// ---------------------------------------------------------------------------
+// Kernels on raw pointers, one batch element each.
+
+struct GatherShape {
+  int64_t tokens;      // N
+  int64_t tables;      // T
+  int64_t table_rows;  // S
+  int64_t width;       // D
+};
+
+// Returns the first (token, table) whose code is outside [0, S), or -1.
+int64_t FindBadCode(const GatherShape& s, const int32_t* codes) {
+  const int64_t count = s.tokens * s.tables;
+  for (int64_t i = 0; i < count; ++i) {
+    if (codes[i] < 0 || codes[i] >= s.table_rows) return i;
+  }
+  return -1;
+}
+
+const float* Row(const GatherShape& s, const float* tables, int64_t table,
+                 int32_t code) {
+  return tables + (table * s.table_rows + code) * s.width;
+}
+
+// y[n] = sum_t weights[n, t] * tables[t, codes[n, t]].
+void GatherForward(ffi::ThreadPool& pool, const GatherShape& s,
+                   const int32_t* codes, const float* weights,
+                   const float* tables, float* y) {
+  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    const int64_t begin = chunk * kTokensPerChunk;
+    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
+    for (int64_t n = begin; n < end; ++n) {
+      float* y_row = y + n * s.width;
+      std::memset(y_row, 0, sizeof(float) * s.width);
+      for (int64_t t = 0; t < s.tables; ++t) {
+        const int64_t i = n * s.tables + t;
+        simd::Axpy(s.width, weights[i], Row(s, tables, t, codes[i]), y_row);
+      }
+    }
+  });
+}
+
+// dtables[t, codes[n, t]] += weights[n, t] * dy[n], summed over tokens in
+// order. Chunks own disjoint (table, column range) blocks of dtables, so
+// tokens that share a row never race.
+void TableGradient(ffi::ThreadPool& pool, const GatherShape& s,
+                   const int32_t* codes, const float* weights, const float* dy,
+                   float* dtables) {
+  const int64_t column_chunks =
+      std::max<int64_t>((s.width + kColumnsPerChunk - 1) / kColumnsPerChunk, 1);
+  ParallelFor(pool, s.tables * column_chunks, [&](int64_t chunk) {
+    const int64_t t = chunk / column_chunks;
+    const int64_t column = (chunk % column_chunks) * kColumnsPerChunk;
+    const int64_t columns = std::min(kColumnsPerChunk, s.width - column);
+    if (columns <= 0) return;
+    float* table = dtables + t * s.table_rows * s.width;
+    for (int64_t r = 0; r < s.table_rows; ++r) {
+      std::memset(table + r * s.width + column, 0, sizeof(float) * columns);
+    }
+    for (int64_t n = 0; n < s.tokens; ++n) {
+      const int64_t i = n * s.tables + t;
+      simd::Axpy(columns, weights[i], dy + n * s.width + column,
+                 table + codes[i] * s.width + column);
+    }
+  });
+}
+
+// dweights[n, t] = <dy[n], tables[t, codes[n, t]]>.
+void WeightGradient(ffi::ThreadPool& pool, const GatherShape& s,
+                    const int32_t* codes, const float* tables, const float* dy,
+                    float* dweights) {
+  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    const int64_t begin = chunk * kTokensPerChunk;
+    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t t = 0; t < s.tables; ++t) {
+        const int64_t i = n * s.tables + t;
+        dweights[i] = simd::Dot(s.width, dy + n * s.width,
+                                Row(s, tables, t, codes[i]));
+      }
+    }
+  });
+}
+
+// log(1 + exp(-x)) for x >= 0, that is -log(sigmoid(x)).
+double SoftplusOfNegative(double x) { return std::log1p(std::exp(-x)); }
+
+// Code and score of one projection z[0..K), as in reference.hash_codes.
+void HashOne(int64_t code_length, const float* z, int32_t* code,
+             float* score) {
+  int32_t bits = 0;
+  double abs_sum = 0.0;
+  double log_q_top = 0.0;
+  for (int64_t j = 0; j < code_length; ++j) {
+    bits = (bits << 1) | (z[j] > 0.f ? 1 : 0);
+    const double a = std::fabs(static_cast<double>(z[j]));
+    abs_sum += a;
+    log_q_top -= SoftplusOfNegative(2.0 * a);
+  }
+  *code = bits;
+  *score = static_cast<float>(abs_sum * std::exp(log_q_top));
+}
+
+// Fused forward: codes and scores of z [N, T, K], then the weighted gather.
+void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
+                   int64_t code_length, const float* z, const float* tables,
+                   float* y, int32_t* codes, float* scores) {
+  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    const int64_t begin = chunk * kTokensPerChunk;
+    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
+    for (int64_t n = begin; n < end; ++n) {
+      float* y_row = y + n * s.width;
+      std::memset(y_row, 0, sizeof(float) * s.width);
+      for (int64_t t = 0; t < s.tables; ++t) {
+        const int64_t i = n * s.tables + t;
+        HashOne(code_length, z + i * code_length, &codes[i], &scores[i]);
+        simd::Axpy(s.width, scores[i], Row(s, tables, t, codes[i]), y_row);
+      }
+    }
+  });
+}
+
+// dz of the "score" estimator for one projection, given a = <dy, row>:
+// d score / d z_j = sgn_j * q * (1 + 2 * sum|z| * sigmoid(-2|z_j|)), with
+// sgn_j = +1 for z_j >= 0 as jax differentiates |z|.
+void ScoreEstimatorOne(int64_t code_length, const float* z, double a,
+                       float* dz) {
+  double abs_sum = 0.0;
+  double log_q_top = 0.0;
+  for (int64_t j = 0; j < code_length; ++j) {
+    const double abs_z = std::fabs(static_cast<double>(z[j]));
+    abs_sum += abs_z;
+    log_q_top -= SoftplusOfNegative(2.0 * abs_z);
+  }
+  const double q_top = std::exp(log_q_top);
+  for (int64_t j = 0; j < code_length; ++j) {
+    const double abs_z = std::fabs(static_cast<double>(z[j]));
+    const double sign = z[j] >= 0.f ? 1.0 : -1.0;
+    // sigmoid(-x) = exp(-x - log(1 + exp(-x))) with x = 2|z_j|.
+    const double sigmoid_neg =
+        std::exp(-2.0 * abs_z - SoftplusOfNegative(2.0 * abs_z));
+    dz[j] = static_cast<float>(a * sign * q_top *
+                               (1.0 + 2.0 * abs_sum * sigmoid_neg));
+  }
+}
+
+// dz of the straight-through surrogate for one projection. Candidate c = 0
+// is the top code s*, candidate 1 + k flips bit k. With inner_c = <z, s_c>,
+// q_c = exp(inner_c - log Z), u_c = q_c * <dy, row_c> and t_j = tanh(z_j):
+//
+//   dz_j = sum_c u_c * (s_cj * (1 + inner_c) - inner_c * t_j)
+//        = s*_j * (P - 2 u_{1+j} (1 + inner_{1+j})) - t_j * R,
+//
+// where P = sum_c u_c (1 + inner_c) and R = sum_c u_c inner_c, because s_c
+// agrees with s* everywhere except at bit k of candidate 1 + k.
+void StraightThroughOne(int64_t code_length, const float* z,
+                        const double* dots, float* dz) {
+  double abs_sum = 0.0;
+  double log_q_top = 0.0;
+  for (int64_t j = 0; j < code_length; ++j) {
+    const double abs_z = std::fabs(static_cast<double>(z[j]));
+    abs_sum += abs_z;
+    log_q_top -= SoftplusOfNegative(2.0 * abs_z);
+  }
+  const double q_top = std::exp(log_q_top);
+
+  double u_top = dots[0] * q_top;
+  double p = u_top * (1.0 + abs_sum);
+  double r = u_top * abs_sum;
+  double flip_terms[kMaxCodeLength];
+  for (int64_t k = 0; k < code_length; ++k) {
+    const double abs_z = std::fabs(static_cast<double>(z[k]));
+    const double inner = abs_sum - 2.0 * abs_z;
+    const double u = dots[1 + k] * q_top * std::exp(-2.0 * abs_z);
+    flip_terms[k] = u * (1.0 + inner);
+    p += flip_terms[k];
+    r += u * inner;
+  }
+  for (int64_t j = 0; j < code_length; ++j) {
+    const double top_sign = z[j] > 0.f ? 1.0 : -1.0;
+    const double t = std::tanh(static_cast<double>(z[j]));
+    dz[j] = static_cast<float>(top_sign * (p - 2.0 * flip_terms[j]) - t * r);
+  }
+}
+
+// dz for z [N, T, K] under either estimator.
+void ProjectionGradient(ffi::ThreadPool& pool, const GatherShape& s,
+                        int64_t code_length, int32_t estimator, const float* z,
+                        const float* tables, const int32_t* codes,
+                        const float* dy, float* dz) {
+  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    const int64_t begin = chunk * kTokensPerChunk;
+    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
+    double dots[kMaxCodeLength + 1];
+    for (int64_t n = begin; n < end; ++n) {
+      const float* dy_row = dy + n * s.width;
+      for (int64_t t = 0; t < s.tables; ++t) {
+        const int64_t i = n * s.tables + t;
+        const float* z_i = z + i * code_length;
+        float* dz_i = dz + i * code_length;
+        dots[0] = simd::Dot(s.width, dy_row, Row(s, tables, t, codes[i]));
+        if (estimator == kScoreEstimator) {
+          ScoreEstimatorOne(code_length, z_i, dots[0], dz_i);
+          continue;
+        }
+        for (int64_t k = 0; k < code_length; ++k) {
+          const int32_t neighbour = codes[i] ^ (1 << (code_length - 1 - k));
+          dots[1 + k] = simd::Dot(s.width, dy_row, Row(s, tables, t, neighbour));
+        }
+        StraightThroughOne(code_length, z_i, dots, dz_i);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Batch dimensions and shape checks.
+
+using Dims = ffi::Span<const int64_t>;
+
+std::string ShapeString(Dims dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(dims[i]);
+  }
+  return out + "]";
+}
+
+int64_t Product(Dims dims, size_t begin, size_t end) {
+  int64_t p = 1;
+  for (size_t i = begin; i < end; ++i) p *= dims[i];
+  return p;
+}
+
+// Leading batch dimensions shared by all operands of one call. Operand i has
+// `base_rank` trailing dimensions; its batch dimensions are each 1
+// (broadcast) or equal to the largest size among the operands.
+class BatchIndexer {
+ public:
+  ffi::Error Init(const char* op, const std::vector<Dims>& dims,
+                  const std::vector<size_t>& base_ranks,
+                  const std::vector<const char*>& names) {
+    if (dims.empty()) return ffi::Error::Success();
+    if (dims[0].size() < base_ranks[0]) {
+      return Invalid(op, names[0], dims[0], "has too few dimensions");
+    }
+    num_batch_dims_ = dims[0].size() - base_ranks[0];
+    shape_.assign(num_batch_dims_, 1);
+    for (size_t i = 0; i < dims.size(); ++i) {
+      if (dims[i].size() != base_ranks[i] + num_batch_dims_) {
+        return Invalid(op, names[i], dims[i],
+                       "has a different number of batch dimensions");
+      }
+      for (size_t d = 0; d < num_batch_dims_; ++d) {
+        if (dims[i][d] != 1) {
+          if (shape_[d] != 1 && shape_[d] != dims[i][d]) {
+            return Invalid(op, names[i], dims[i],
+                           "has a batch dimension that does not broadcast");
+          }
+          shape_[d] = dims[i][d];
+        }
+      }
+    }
+    size_ = 1;
+    for (int64_t d : shape_) size_ *= d;
+    strides_.resize(dims.size());
+    for (size_t i = 0; i < dims.size(); ++i) {
+      const int64_t element = Product(dims[i], num_batch_dims_, dims[i].size());
+      strides_[i].assign(num_batch_dims_, 0);
+      int64_t stride = element;
+      for (size_t d = num_batch_dims_; d-- > 0;) {
+        if (dims[i][d] != 1) strides_[i][d] = stride;
+        stride *= dims[i][d];
+      }
+    }
+    return ffi::Error::Success();
+  }
+
+  int64_t size() const { return size_; }
+
+  // Element offset of operand `operand` for flat batch index `b`.
+  int64_t Offset(size_t operand, int64_t b) const {
+    int64_t offset = 0;
+    for (size_t d = num_batch_dims_; d-- > 0;) {
+      offset += (b % shape_[d]) * strides_[operand][d];
+      b /= shape_[d];
+    }
+    return offset;
+  }
+
+  // Returns true when `dims` has this batch shape followed by `base`.
+  bool IsOutput(Dims dims, const std::vector<int64_t>& base) const {
+    if (dims.size() != num_batch_dims_ + base.size()) return false;
+    for (size_t d = 0; d < num_batch_dims_; ++d) {
+      if (dims[d] != shape_[d]) return false;
+    }
+    for (size_t d = 0; d < base.size(); ++d) {
+      if (dims[num_batch_dims_ + d] != base[d]) return false;
+    }
+    return true;
+  }
+
+  size_t num_batch_dims() const { return num_batch_dims_; }
+
+ private:
+  static ffi::Error Invalid(const char* op, const char* name, Dims dims,
+                            const char* what) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": " + name + " " +
+                                       ShapeString(dims) + " " + what);
+  }
+
+  size_t num_batch_dims_ = 0;
+  std::vector<int64_t> shape_;
+  std::vector<std::vector<int64_t>> strides_;
+  int64_t size_ = 1;
+};
+
+ffi::Error OutOfRange(const char* op, const GatherShape& s,
+                      const int32_t* codes, int64_t bad) {
+  return ffi::Error::InvalidArgument(
+      std::string(op) + ": code " + std::to_string(codes[bad]) + " at token " +
+      std::to_string(bad / s.tables) + ", table " +
+      std::to_string(bad % s.tables) + " is out of range for tables with " +
+      std::to_string(s.table_rows) + " rows; codes must be in [0, " +
+      std::to_string(s.table_rows) + ")");
+}
+
+ffi::Error ShapeMismatch(const char* op, const std::string& what) {
+  return ffi::Error::InvalidArgument(std::string(op) + ": " + what);
+}
+
+// Reads N, T from codes-like [..., N, T] and S, D from tables [..., T, S, D].
+ffi::Error ReadGatherShape(const char* op, Dims codes, Dims tables,
+                           GatherShape* s) {
+  const size_t cr = codes.size();
+  const size_t tr = tables.size();
+  s->tokens = codes[cr - 2];
+  s->tables = codes[cr - 1];
+  s->table_rows = tables[tr - 2];
+  s->width = tables[tr - 1];
+  if (tables[tr - 3] != s->tables) {
+    return ShapeMismatch(op, "codes " + ShapeString(codes) + " and tables " +
+                                 ShapeString(tables) +
+                                 " disagree on the number of tables");
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------
+// Handlers.
+
+ffi::Error WeightedGatherForwardImpl(ffi::ThreadPool pool,
+                                     ffi::Buffer<ffi::S32> codes,
+                                     ffi::Buffer<ffi::F32> weights,
+                                     ffi::Buffer<ffi::F32> tables,
+                                     ffi::ResultBuffer<ffi::F32> y) {
+  constexpr const char* kOp = "weighted_gather";
+  BatchIndexer batch;
+  if (auto e = batch.Init(kOp, {codes.dimensions(), weights.dimensions(),
+                                tables.dimensions()},
+                          {2, 2, 3}, {"codes", "weights", "tables"});
+      e.failure()) {
+    return e;
+  }
+  GatherShape s;
+  if (auto e = ReadGatherShape(kOp, codes.dimensions(), tables.dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  if (!batch.IsOutput(y->dimensions(), {s.tokens, s.width})) {
+    return ShapeMismatch(kOp, "output shape " + ShapeString(y->dimensions()));
+  }
+  for (int64_t b = 0; b < batch.size(); ++b) {
+    const int32_t* c = codes.typed_data() + batch.Offset(0, b);
+    if (int64_t bad = FindBadCode(s, c); bad >= 0) {
+      return OutOfRange(kOp, s, c, bad);
+    }
+    GatherForward(pool, s, c, weights.typed_data() + batch.Offset(1, b),
+                  tables.typed_data() + batch.Offset(2, b),
+                  y->typed_data() + b * s.tokens * s.width);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error WeightedGatherBackwardImpl(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::S32> codes,
+    ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> tables,
+    ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dweights,
+    ffi::ResultBuffer<ffi::F32> dtables) {
+  constexpr const char* kOp = "weighted_gather (backward)";
+  BatchIndexer batch;
+  if (auto e = batch.Init(
+          kOp,
+          {codes.dimensions(), weights.dimensions(), tables.dimensions(),
+           dy.dimensions()},
+          {2, 2, 3, 2}, {"codes", "weights", "tables", "output gradient"});
+      e.failure()) {
+    return e;
+  }
+  GatherShape s;
+  if (auto e = ReadGatherShape(kOp, codes.dimensions(), tables.dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  if (!batch.IsOutput(dweights->dimensions(), {s.tokens, s.tables}) ||
+      !batch.IsOutput(dtables->dimensions(), {s.tables, s.table_rows, s.width})) {
+    return ShapeMismatch(kOp, "unexpected gradient shapes");
+  }
+  for (int64_t b = 0; b < batch.size(); ++b) {
+    const int32_t* c = codes.typed_data() + batch.Offset(0, b);
+    if (int64_t bad = FindBadCode(s, c); bad >= 0) {
+      return OutOfRange(kOp, s, c, bad);
+    }
+    const float* w = weights.typed_data() + batch.Offset(1, b);
+    const float* table = tables.typed_data() + batch.Offset(2, b);
+    const float* g = dy.typed_data() + batch.Offset(3, b);
+    WeightGradient(pool, s, c, table, g,
+                   dweights->typed_data() + b * s.tokens * s.tables);
+    TableGradient(pool, s, c, w, g,
+                  dtables->typed_data() +
+                      b * s.tables * s.table_rows * s.width);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckLookupShapes(const char* op, Dims z, Dims tables,
+                             GatherShape* s, int64_t* code_length) {
+  const size_t zr = z.size();
+  const size_t tr = tables.size();
+  s->tokens = z[zr - 3];
+  s->tables = z[zr - 2];
+  *code_length = z[zr - 1];
+  s->table_rows = tables[tr - 2];
+  s->width = tables[tr - 1];
+  if (tables[tr - 3] != s->tables) {
+    return ShapeMismatch(op, "z " + ShapeString(z) + " and tables " +
+                                 ShapeString(tables) +
+                                 " disagree on the number of tables");
+  }
+  if (*code_length < 1 || *code_length > kMaxCodeLength ||
+      s->table_rows != (int64_t{1} << *code_length)) {
+    return ShapeMismatch(
+        op, "code length " + std::to_string(*code_length) + " must be from 1 to " +
+                std::to_string(kMaxCodeLength) + " with 2^K table rows, got " +
+                std::to_string(s->table_rows) + " rows");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error LookupForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
+                             ffi::Buffer<ffi::F32> tables,
+                             ffi::ResultBuffer<ffi::F32> y,
+                             ffi::ResultBuffer<ffi::S32> codes,
+                             ffi::ResultBuffer<ffi::F32> scores) {
+  constexpr const char* kOp = "lookup";
+  BatchIndexer batch;
+  if (auto e = batch.Init(kOp, {z.dimensions(), tables.dimensions()}, {3, 3},
+                          {"z", "tables"});
+      e.failure()) {
+    return e;
+  }
+  GatherShape s;
+  int64_t code_length;
+  if (auto e = CheckLookupShapes(kOp, z.dimensions(), tables.dimensions(), &s,
+                                 &code_length);
+      e.failure()) {
+    return e;
+  }
+  if (!batch.IsOutput(y->dimensions(), {s.tokens, s.width}) ||
+      !batch.IsOutput(codes->dimensions(), {s.tokens, s.tables}) ||
+      !batch.IsOutput(scores->dimensions(), {s.tokens, s.tables})) {
+    return ShapeMismatch(kOp, "unexpected output shapes");
+  }
+  for (int64_t b = 0; b < batch.size(); ++b) {
+    const int64_t nt = b * s.tokens * s.tables;
+    LookupForward(pool, s, code_length, z.typed_data() + batch.Offset(0, b),
+                  tables.typed_data() + batch.Offset(1, b),
+                  y->typed_data() + b * s.tokens * s.width,
+                  codes->typed_data() + nt, scores->typed_data() + nt);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error LookupBackwardImpl(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> tables,
+    ffi::Buffer<ffi::S32> codes, ffi::Buffer<ffi::F32> scores,
+    ffi::Buffer<ffi::F32> dy, int32_t estimator, ffi::ResultBuffer<ffi::F32> dz,
+    ffi::ResultBuffer<ffi::F32> dtables) {
+  constexpr const char* kOp = "lookup (backward)";
+  if (estimator != kScoreEstimator && estimator != kStraightThroughEstimator) {
+    return ffi::Error::InvalidArgument(std::string(kOp) + ": estimator " +
+                                       std::to_string(estimator) +
+                                       " must be 0 (score) or 1 "
+                                       "(straight_through)");
+  }
+  BatchIndexer batch;
+  if (auto e = batch.Init(kOp,
+                          {z.dimensions(), tables.dimensions(),
+                           codes.dimensions(), scores.dimensions(),
+                           dy.dimensions()},
+                          {3, 3, 2, 2, 2},
+                          {"z", "tables", "codes", "scores", "output gradient"});
+      e.failure()) {
+    return e;
+  }
+  GatherShape s;
+  int64_t code_length;
+  if (auto e = CheckLookupShapes(kOp, z.dimensions(), tables.dimensions(), &s,
+                                 &code_length);
+      e.failure()) {
+    return e;
+  }
+  if (!batch.IsOutput(dz->dimensions(), {s.tokens, s.tables, code_length}) ||
+      !batch.IsOutput(dtables->dimensions(), {s.tables, s.table_rows, s.width})) {
+    return ShapeMismatch(kOp, "unexpected gradient shapes");
+  }
+  for (int64_t b = 0; b < batch.size(); ++b) {
+    const float* z_b = z.typed_data() + batch.Offset(0, b);
+    const float* table = tables.typed_data() + batch.Offset(1, b);
+    const int32_t* c = codes.typed_data() + batch.Offset(2, b);
+    const float* w = scores.typed_data() + batch.Offset(3, b);
+    const float* g = dy.typed_data() + batch.Offset(4, b);
+    if (int64_t bad = FindBadCode(s, c); bad >= 0) {
+      return OutOfRange(kOp, s, c, bad);
+    }
+    ProjectionGradient(pool, s, code_length, estimator, z_b, table, c, g,
+                       dz->typed_data() + b * s.tokens * s.tables * code_length);
+    TableGradient(pool, s, c, w, g,
+                  dtables->typed_data() +
+                      b * s.tables * s.table_rows * s.width);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherFwdHandler, WeightedGatherForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // weights
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherBwdHandler,
+                              WeightedGatherBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // weights
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dweights
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dtables
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LookupFwdHandler, LookupForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // scores
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LookupBwdHandler, LookupBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // scores
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Attr<int32_t>("estimator")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dtables
+);
+
+}  // namespace lookupffn

@@ -1,0 +1,33 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// Row kernels over float32 vectors, with an AVX2/FMA version chosen at run
+// time where the CPU supports it and a portable scalar version otherwise.
+// Entry points take plain pointers and a length; any length is valid.
+
+#ifndef LOOKUPFFN_XLA_EXT_SIMD_H_
+#define LOOKUPFFN_XLA_EXT_SIMD_H_
+
+#include <cstdint>
+
+namespace lookupffn::simd {
+
+// y[i] += a * x[i] for i in [0, n).
+void Axpy(int64_t n, float a, const float* x, float* y);
+
+// Returns sum_i x[i] * y[i] for i in [0, n).
+float Dot(int64_t n, const float* x, const float* y);
+
+// Returns the instruction set the kernels use now: "avx2" or "scalar".
+const char* ActiveIsa();
+
+// Returns whether this CPU supports the AVX2/FMA kernels.
+bool Avx2Supported();
+
+// Selects the kernels: true forces the scalar version, false restores the
+// best one this CPU supports. Meant for tests and benchmarks.
+void ForceScalar(bool force);
+
+}  // namespace lookupffn::simd
+
+#endif  // LOOKUPFFN_XLA_EXT_SIMD_H_
