@@ -4,8 +4,8 @@
 
 This is the implementation on every backend other than CPU and the oracle
 that tests compare the XLA FFI kernels against, so it follows the math
-directly. Shapes are in the names: N tokens, T tables, K code bits (the
-paper's tau), S = 2**K rows per table, D row width.
+directly. Shapes are in the names: N tokens, T tables, K code bits (tau in
+Zeng et al., arXiv:2403.07221), S = 2**K rows per table, D row width.
 
 For one token and one table with projection z in R^K:
 
