@@ -118,23 +118,31 @@ void WeightGradient(ffi::ThreadPool& pool, const GatherShape& s,
   });
 }
 
-// log(1 + exp(-x)) for x >= 0, that is -log(sigmoid(x)).
-double SoftplusOfNegative(double x) { return std::log1p(std::exp(-x)); }
+// Hash terms of one projection z[0..K), given e_j = exp(-2|z_j|):
+// sum_j |z_j| and q(s*) = prod_j sigmoid(2|z_j|) = 1 / prod_j (1 + e_j).
+// Each factor is in (1, 2], so the product stays finite for K <= 16.
+struct HashTerms {
+  float abs_sum;
+  float q_top;
+};
 
-// Code and score of one projection z[0..K), as in reference.hash_codes.
-void HashOne(int64_t code_length, const float* z, int32_t* code,
-             float* score) {
+HashTerms ComputeHashTerms(int64_t code_length, const float* z,
+                           const float* e) {
+  float abs_sum = 0.f;
+  float denominator = 1.f;
+  for (int64_t j = 0; j < code_length; ++j) {
+    abs_sum += std::fabs(z[j]);
+    denominator *= 1.f + e[j];
+  }
+  return {abs_sum, 1.f / denominator};
+}
+
+int32_t Code(int64_t code_length, const float* z) {
   int32_t bits = 0;
-  double abs_sum = 0.0;
-  double log_q_top = 0.0;
   for (int64_t j = 0; j < code_length; ++j) {
     bits = (bits << 1) | (z[j] > 0.f ? 1 : 0);
-    const double a = std::fabs(static_cast<double>(z[j]));
-    abs_sum += a;
-    log_q_top -= SoftplusOfNegative(2.0 * a);
   }
-  *code = bits;
-  *score = static_cast<float>(abs_sum * std::exp(log_q_top));
+  return bits;
 }
 
 // Fused forward: codes and scores of z [N, T, K], then the weighted gather.
@@ -142,15 +150,23 @@ void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
                    int64_t code_length, const float* z, const float* tables,
                    float* y, int32_t* codes, float* scores) {
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  const int64_t per_token = s.tables * code_length;
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     const int64_t begin = chunk * kTokensPerChunk;
     const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
+    std::vector<float> e(per_token);
     for (int64_t n = begin; n < end; ++n) {
+      const float* z_n = z + n * per_token;
+      simd::ExpNegTwiceAbs(per_token, z_n, e.data());
       float* y_row = y + n * s.width;
       std::memset(y_row, 0, sizeof(float) * s.width);
       for (int64_t t = 0; t < s.tables; ++t) {
         const int64_t i = n * s.tables + t;
-        HashOne(code_length, z + i * code_length, &codes[i], &scores[i]);
+        const float* z_i = z_n + t * code_length;
+        const HashTerms h =
+            ComputeHashTerms(code_length, z_i, e.data() + t * code_length);
+        codes[i] = Code(code_length, z_i);
+        scores[i] = h.abs_sum * h.q_top;
         simd::Axpy(s.width, scores[i], Row(s, tables, t, codes[i]), y_row);
       }
     }
@@ -158,65 +174,49 @@ void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
 }
 
 // dz of the "score" estimator for one projection, given a = <dy, row>:
-// d score / d z_j = sgn_j * q * (1 + 2 * sum|z| * sigmoid(-2|z_j|)), with
-// sgn_j = +1 for z_j >= 0 as jax differentiates |z|.
-void ScoreEstimatorOne(int64_t code_length, const float* z, double a,
-                       float* dz) {
-  double abs_sum = 0.0;
-  double log_q_top = 0.0;
+// d score / d z_j = sgn_j q (1 + 2 sum|z| sigmoid(-2|z_j|)), with
+// sigmoid(-2|z_j|) = e_j / (1 + e_j) and sgn_j = +1 for z_j >= 0, as jax
+// differentiates |z|.
+void ScoreEstimatorOne(int64_t code_length, const float* z, const float* e,
+                       float a, float* dz) {
+  const HashTerms h = ComputeHashTerms(code_length, z, e);
+  const float scale = a * h.q_top;
   for (int64_t j = 0; j < code_length; ++j) {
-    const double abs_z = std::fabs(static_cast<double>(z[j]));
-    abs_sum += abs_z;
-    log_q_top -= SoftplusOfNegative(2.0 * abs_z);
-  }
-  const double q_top = std::exp(log_q_top);
-  for (int64_t j = 0; j < code_length; ++j) {
-    const double abs_z = std::fabs(static_cast<double>(z[j]));
-    const double sign = z[j] >= 0.f ? 1.0 : -1.0;
-    // sigmoid(-x) = exp(-x - log(1 + exp(-x))) with x = 2|z_j|.
-    const double sigmoid_neg =
-        std::exp(-2.0 * abs_z - SoftplusOfNegative(2.0 * abs_z));
-    dz[j] = static_cast<float>(a * sign * q_top *
-                               (1.0 + 2.0 * abs_sum * sigmoid_neg));
+    const float sign = z[j] >= 0.f ? 1.f : -1.f;
+    dz[j] = sign * scale * (1.f + 2.f * h.abs_sum * e[j] / (1.f + e[j]));
   }
 }
 
 // dz of the straight-through surrogate for one projection. Candidate c = 0
 // is the top code s*, candidate 1 + k flips bit k. With inner_c = <z, s_c>,
-// q_c = exp(inner_c - log Z), u_c = q_c * <dy, row_c> and t_j = tanh(z_j):
+// q_c = exp(inner_c - log Z), u_c = q_c <dy, row_c> and t_j = tanh(z_j):
 //
-//   dz_j = sum_c u_c * (s_cj * (1 + inner_c) - inner_c * t_j)
-//        = s*_j * (P - 2 u_{1+j} (1 + inner_{1+j})) - t_j * R,
+//   dz_j = sum_c u_c (s_cj (1 + inner_c) - inner_c t_j)
+//        = s*_j (P - 2 u_{1+j} (1 + inner_{1+j})) - t_j R,
 //
 // where P = sum_c u_c (1 + inner_c) and R = sum_c u_c inner_c, because s_c
-// agrees with s* everywhere except at bit k of candidate 1 + k.
-void StraightThroughOne(int64_t code_length, const float* z,
-                        const double* dots, float* dz) {
-  double abs_sum = 0.0;
-  double log_q_top = 0.0;
-  for (int64_t j = 0; j < code_length; ++j) {
-    const double abs_z = std::fabs(static_cast<double>(z[j]));
-    abs_sum += abs_z;
-    log_q_top -= SoftplusOfNegative(2.0 * abs_z);
-  }
-  const double q_top = std::exp(log_q_top);
-
-  double u_top = dots[0] * q_top;
-  double p = u_top * (1.0 + abs_sum);
-  double r = u_top * abs_sum;
-  double flip_terms[kMaxCodeLength];
+// agrees with s* everywhere except at bit k of candidate 1 + k. For the
+// neighbours, inner = sum|z| - 2|z_k| and q = q(s*) e_k; and
+// tanh(z_j) = sgn_j (1 - e_j) / (1 + e_j).
+void StraightThroughOne(int64_t code_length, const float* z, const float* e,
+                        const float* dots, float* dz) {
+  const HashTerms h = ComputeHashTerms(code_length, z, e);
+  const float u_top = dots[0] * h.q_top;
+  float p = u_top * (1.f + h.abs_sum);
+  float r = u_top * h.abs_sum;
+  float flip_terms[kMaxCodeLength];
   for (int64_t k = 0; k < code_length; ++k) {
-    const double abs_z = std::fabs(static_cast<double>(z[k]));
-    const double inner = abs_sum - 2.0 * abs_z;
-    const double u = dots[1 + k] * q_top * std::exp(-2.0 * abs_z);
-    flip_terms[k] = u * (1.0 + inner);
+    const float inner = h.abs_sum - 2.f * std::fabs(z[k]);
+    const float u = dots[1 + k] * h.q_top * e[k];
+    flip_terms[k] = u * (1.f + inner);
     p += flip_terms[k];
     r += u * inner;
   }
   for (int64_t j = 0; j < code_length; ++j) {
-    const double top_sign = z[j] > 0.f ? 1.0 : -1.0;
-    const double t = std::tanh(static_cast<double>(z[j]));
-    dz[j] = static_cast<float>(top_sign * (p - 2.0 * flip_terms[j]) - t * r);
+    const float top_sign = z[j] > 0.f ? 1.f : -1.f;
+    const float abs_sign = z[j] >= 0.f ? 1.f : -1.f;
+    const float tanh_z = abs_sign * (1.f - e[j]) / (1.f + e[j]);
+    dz[j] = top_sign * (p - 2.f * flip_terms[j]) - tanh_z * r;
   }
 }
 
@@ -226,26 +226,31 @@ void ProjectionGradient(ffi::ThreadPool& pool, const GatherShape& s,
                         const float* tables, const int32_t* codes,
                         const float* dy, float* dz) {
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+  const int64_t per_token = s.tables * code_length;
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     const int64_t begin = chunk * kTokensPerChunk;
     const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
-    double dots[kMaxCodeLength + 1];
+    std::vector<float> e(per_token);
+    float dots[kMaxCodeLength + 1];
     for (int64_t n = begin; n < end; ++n) {
+      const float* z_n = z + n * per_token;
+      simd::ExpNegTwiceAbs(per_token, z_n, e.data());
       const float* dy_row = dy + n * s.width;
       for (int64_t t = 0; t < s.tables; ++t) {
         const int64_t i = n * s.tables + t;
-        const float* z_i = z + i * code_length;
+        const float* z_i = z_n + t * code_length;
+        const float* e_i = e.data() + t * code_length;
         float* dz_i = dz + i * code_length;
         dots[0] = simd::Dot(s.width, dy_row, Row(s, tables, t, codes[i]));
         if (estimator == kScoreEstimator) {
-          ScoreEstimatorOne(code_length, z_i, dots[0], dz_i);
+          ScoreEstimatorOne(code_length, z_i, e_i, dots[0], dz_i);
           continue;
         }
         for (int64_t k = 0; k < code_length; ++k) {
           const int32_t neighbour = codes[i] ^ (1 << (code_length - 1 - k));
           dots[1 + k] = simd::Dot(s.width, dy_row, Row(s, tables, t, neighbour));
         }
-        StraightThroughOne(code_length, z_i, dots, dz_i);
+        StraightThroughOne(code_length, z_i, e_i, dots, dz_i);
       }
     }
   });

@@ -4,6 +4,7 @@
 #include "simd.h"
 
 #include <atomic>
+#include <cmath>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define LOOKUPFFN_HAVE_X86 1
@@ -32,7 +33,59 @@ float DotScalar(int64_t n, const float* x, const float* y) {
   return (s0 + s1) + (s2 + s3);
 }
 
+void ExpNegTwiceAbsScalar(int64_t n, const float* z, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(-2.f * std::fabs(z[i]));
+}
+
 #ifdef LOOKUPFFN_HAVE_X86
+
+// exp(x) for x <= 0 on 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, a degree-6
+// Taylor polynomial for exp(r) (error below 2e-7 relative on that range),
+// and 2^k built in the exponent bits. Below -87 the result flushes to 0.
+__attribute__((target("avx2,fma"))) __m256 ExpNonPositiveAvx2(__m256 x) {
+  const __m256 min_x = _mm256_set1_ps(-87.0f);
+  const __m256 underflow = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, min_x);
+  const __m256 k = _mm256_round_ps(
+      _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - k ln2, with ln2 split in two so the product is exact enough.
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i exponent = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(underflow, result);
+}
+
+__attribute__((target("avx2,fma"))) void ExpNegTwiceAbsAvx2(int64_t n,
+                                                           const float* z,
+                                                           float* out) {
+  const __m256 minus_two = _mm256_set1_ps(-2.0f);
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 abs_z = _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(z + i));
+    _mm256_storeu_ps(out + i,
+                     ExpNonPositiveAvx2(_mm256_mul_ps(minus_two, abs_z)));
+  }
+  if (i < n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - i)), lane);
+    const __m256 abs_z =
+        _mm256_andnot_ps(sign_bit, _mm256_maskload_ps(z + i, mask));
+    _mm256_maskstore_ps(out + i, mask,
+                        ExpNonPositiveAvx2(_mm256_mul_ps(minus_two, abs_z)));
+  }
+}
 
 __attribute__((target("avx2,fma"))) void AxpyAvx2(int64_t n, float a,
                                                   const float* x, float* y) {
@@ -121,6 +174,13 @@ float Dot(int64_t n, const float* x, const float* y) {
   if (UseAvx2()) return DotAvx2(n, x, y);
 #endif
   return DotScalar(n, x, y);
+}
+
+void ExpNegTwiceAbs(int64_t n, const float* z, float* out) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return ExpNegTwiceAbsAvx2(n, z, out);
+#endif
+  ExpNegTwiceAbsScalar(n, z, out);
 }
 
 const char* ActiveIsa() { return UseAvx2() ? "avx2" : "scalar"; }

@@ -18,6 +18,11 @@ void Axpy(int64_t n, float a, const float* x, float* y);
 // Returns sum_i x[i] * y[i] for i in [0, n).
 float Dot(int64_t n, const float* x, const float* y);
 
+// out[i] = exp(-2 |z[i]|) for i in [0, n), within a few ulp of std::exp.
+// These terms give the hash scores and both estimators' gradients without
+// further transcendental functions.
+void ExpNegTwiceAbs(int64_t n, const float* z, float* out);
+
 // Returns the instruction set the kernels use now: "avx2" or "scalar".
 const char* ActiveIsa();
 
