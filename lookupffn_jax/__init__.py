@@ -6,8 +6,19 @@ from lookupffn_jax.lookup import hash_codes
 from lookupffn_jax.lookup import lookup
 from lookupffn_jax.lookup import weighted_gather
 
+from lookupffn_jax.bh4 import BH4
+from lookupffn_jax.bh4 import hadamard_transform
+from lookupffn_jax.layers import DenseFFN
+from lookupffn_jax.layers import LookupFFN
+from lookupffn_jax import models
+
 __all__ = [
     "hash_codes",
     "lookup",
     "weighted_gather",
+    "BH4",
+    "DenseFFN",
+    "LookupFFN",
+    "hadamard_transform",
+    "models",
 ]
