@@ -299,6 +299,10 @@ class TrainIterator:
   def num_rows(self) -> int:
     return self._input_ids_NxL.shape[0]
 
+  @property
+  def masker(self) -> TokenMasker:
+    return self._masker
+
   def get_state(self) -> dict[str, np.ndarray]:
     """Returns the position of the next batch as int64 numpy scalars.
 

@@ -1,0 +1,93 @@
+# Copyright 2026 The lookupffn-jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Default pretraining config: the tiny RoBERTa with LookupFFN (BH4 hashing).
+
+Run it with
+
+  python -m train.main --config=configs/default.py --workdir=workdir/default
+
+Every field can be overridden on the command line, for example
+`--config.num_train_steps=100 --config.model.num_tables=16`.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+
+from lookupffn_jax import models
+
+
+def model_config(preset: str, ffn: str, **overrides) -> ml_collections.ConfigDict:
+  """Returns the fields of `RobertaConfig.<preset>(ffn, **overrides)` as a ConfigDict.
+
+  Dtypes become their names ("float32", "bfloat16") so they can be set from
+  the command line, and the dense FFN width is filled in.
+  """
+  config = getattr(models.RobertaConfig, preset)(ffn=ffn, **overrides)
+  fields = dataclasses.asdict(config)
+  for name in ("dtype", "param_dtype"):
+    fields[name] = jnp.dtype(fields[name]).name
+  if fields["ffn_hidden_size"] is None:
+    fields["ffn_hidden_size"] = 4 * fields["hidden_size"]
+  return ml_collections.ConfigDict(fields)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config."""
+  config = ml_collections.ConfigDict()
+
+  # Model: every field of lookupffn_jax.models.RobertaConfig.
+  config.model = model_config("tiny", "lookup_bh4", vocab_size=8192)
+
+  # Corpus: see train.corpus.CorpusSpec. The default reads the documentation
+  # that ships with the running Python interpreter.
+  config.corpus = ml_collections.ConfigDict(
+      dict(
+          kind="python_docs",
+          paths=(),
+          text_field="text",
+          split_on_blank_lines=False,
+          dataset_split="train",
+          validation_fraction=0.05,
+          seed=0,
+      )
+  )
+  # Existing tokenizer.json to use; empty trains one on the training split
+  # and saves it in the workdir.
+  config.tokenizer_path = ""
+
+  # Sequences per training step.
+  config.batch_size = 32
+  # Sequences per evaluation step.
+  config.eval_batch_size = 64
+  # Number of optimizer steps.
+  config.num_train_steps = 2000
+  # Seed of the parameters, the dropout, the shuffling and the masking.
+  config.seed = 0
+
+  # AdamW with linear warmup from 0 to learning_rate, then linear decay to 0.
+  config.learning_rate = 1e-3
+  config.warmup_steps = 200
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.adam_eps = 1e-6
+  # Applied to kernels, hash tables and BH4 blocks, never to biases,
+  # LayerNorm or embeddings.
+  config.weight_decay = 0.01
+  # Global gradient norm clip; 0 disables clipping.
+  config.grad_clip_norm = 1.0
+
+  # Steps between training-metric log lines and summaries.
+  config.log_every_steps = 50
+  # Steps between evaluations on the validation split; the last step always
+  # evaluates.
+  config.eval_every_steps = 500
+  # Validation batches per evaluation; 0 evaluates the whole split.
+  config.num_eval_batches = 0
+  # Steps between checkpoints; the last step is always saved.
+  config.checkpoint_every_steps = 500
+  # Number of most recent checkpoints kept.
+  config.keep_checkpoints = 2
+
+  return config
