@@ -46,6 +46,17 @@ def _check_float32(name: str, x: jax.Array) -> None:
     )
 
 
+TABLE_DTYPES = (jnp.float32, jnp.bfloat16)
+
+
+def _check_table_dtype(tables: jax.Array) -> None:
+  if tables.dtype not in TABLE_DTYPES:
+    raise ValueError(
+        f"tables must have dtype float32 or bfloat16, got {tables.dtype}; cast"
+        " them with tables.astype(jnp.float32)"
+    )
+
+
 def _as_int32_codes(codes: jax.Array, table_size: int) -> jax.Array:
   """Casts integer codes to int32 without letting a wide value wrap into range."""
   if not jnp.issubdtype(codes.dtype, jnp.integer):
@@ -152,7 +163,7 @@ def _ffi_weighted_gather_fwd(codes_NxT, weights_NxT, tables_TxSxD):
 
 def _ffi_weighted_gather_bwd(residuals, dy_NxD):
   codes_NxT, weights_NxT, tables_TxSxD = residuals
-  dweights, dtables = jax.ffi.ffi_call(
+  dweights, dtables_f32 = jax.ffi.ffi_call(
       "lookupffn_weighted_gather_bwd",
       (
           jax.ShapeDtypeStruct(weights_NxT.shape, jnp.float32),
@@ -160,7 +171,8 @@ def _ffi_weighted_gather_bwd(residuals, dy_NxD):
       ),
       vmap_method=_VMAP_METHOD,
   )(codes_NxT, weights_NxT, tables_TxSxD, dy_NxD)
-  return None, dweights, dtables
+  # The kernel accumulates in float32 and the cotangent takes the tables' dtype.
+  return None, dweights, dtables_f32.astype(tables_TxSxD.dtype)
 
 
 _ffi_weighted_gather.defvjp(_ffi_weighted_gather_fwd, _ffi_weighted_gather_bwd)
@@ -187,7 +199,8 @@ def weighted_gather(
   Args:
     codes: integer `[..., T]` row indices in `[0, S)`; int64 is cast to int32.
     weights: float32 `[..., T]`.
-    tables: float32 `[T, S, D]`.
+    tables: float32 or bfloat16 `[T, S, D]`; bfloat16 rows are widened to
+      float32 before they are added.
     implementation: "auto", "ffi" or "reference" (see the module docstring).
 
   Returns:
@@ -196,7 +209,7 @@ def weighted_gather(
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
   codes, weights, tables = map(jnp.asarray, (codes, weights, tables))
   _check_float32("weights", weights)
-  _check_float32("tables", tables)
+  _check_table_dtype(tables)
   if tables.ndim != 3:
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables, table_size, width = tables.shape
@@ -256,7 +269,7 @@ def _ffi_lookup_fwd(z_NxTxK, tables_TxSxD, estimator):
 
 def _ffi_lookup_bwd(estimator, residuals, dy_NxD):
   z_NxTxK, tables_TxSxD, codes_NxT, scores_NxT = residuals
-  dz, dtables = jax.ffi.ffi_call(
+  dz, dtables_f32 = jax.ffi.ffi_call(
       "lookupffn_lookup_bwd",
       (
           jax.ShapeDtypeStruct(z_NxTxK.shape, jnp.float32),
@@ -271,7 +284,7 @@ def _ffi_lookup_bwd(estimator, residuals, dy_NxD):
       dy_NxD,
       estimator=np.int32(ESTIMATORS.index(estimator)),
   )
-  return dz, dtables
+  return dz, dtables_f32.astype(tables_TxSxD.dtype)
 
 
 _ffi_lookup.defvjp(_ffi_lookup_fwd, _ffi_lookup_bwd)
@@ -307,7 +320,8 @@ def lookup(
 
   Args:
     z: float32 `[..., T, K]` projections, K (code length) from 1 to 16.
-    tables: float32 `[T, 2**K, D]`.
+    tables: float32 or bfloat16 `[T, 2**K, D]`. bfloat16 halves the bytes
+      read per row; the sum is still accumulated in float32.
     estimator: "score" or "straight_through".
     implementation: "auto", "ffi" or "reference" (see the module docstring).
 
@@ -318,7 +332,7 @@ def lookup(
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
   z, tables = jnp.asarray(z), jnp.asarray(tables)
   _check_float32("z", z)
-  _check_float32("tables", tables)
+  _check_table_dtype(tables)
   if tables.ndim != 3:
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables, table_size, width = tables.shape

@@ -132,6 +132,34 @@ def test_lookup_ffi_matches_reference(n, t, k, d, estimator):
 
 
 @requires_ffi
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("n,t,k,d", [(65, 3, 2, 64), (63, 40, 8, 513), (5, 1, 1, 7), (0, 2, 2, 3)])
+def test_lookup_bf16_tables_ffi_matches_reference(n, t, k, d, estimator):
+  z, tables, dy = random_inputs(n + t + d, n, t, k, d)
+  tables = tables.astype(jnp.bfloat16)
+  y, dz, dtables = lookup_and_grads(z, tables, dy, estimator, "ffi")
+  y_ref, dz_ref, dtables_ref = lookup_and_grads(z, tables, dy, estimator, "reference")
+  assert y.dtype == jnp.float32
+  assert dtables.dtype == jnp.bfloat16
+  assert_close(y, y_ref, name="y")
+  assert_close(dz, dz_ref, rtol=2e-5, name="dz")
+  # Both sum the table gradient in float32 and round once to bfloat16, so
+  # they differ by at most one bfloat16 step (2**-8 relative).
+  assert_close(dtables.astype(jnp.float32), dtables_ref.astype(jnp.float32), rtol=2**-7, name="dtables")
+
+
+@requires_ffi
+def test_bf16_tables_close_to_float32():
+  z, tables, _ = random_inputs(11, 200, 64, 8, 256)
+  y32 = lookupffn_jax.lookup(z, tables, implementation="ffi")
+  y16 = lookupffn_jax.lookup(z, tables.astype(jnp.bfloat16), implementation="ffi")
+  # Each row value rounds with relative error <= 2**-9, and the errors of
+  # the 64 summed rows partly cancel.
+  relative_error = np.linalg.norm(y16 - y32) / np.linalg.norm(y32)
+  assert relative_error < 2**-9
+
+
+@requires_ffi
 @pytest.mark.parametrize("n,t,d", [(0, 3, 5), (1, 1, 1), (63, 3, 513), (1000, 128, 64)])
 def test_weighted_gather_ffi_matches_reference(n, t, d):
   rng = np.random.default_rng(n + t + d)
@@ -313,7 +341,7 @@ def test_weighted_gather_accepts_int64_codes():
     "kwargs,message",
     [
         (dict(z=jnp.ones((2, 3, 2), jnp.bfloat16)), "z must have dtype float32, got bfloat16"),
-        (dict(tables=jnp.ones((3, 4, 5), jnp.float16)), "tables must have dtype float32, got float16"),
+        (dict(tables=jnp.ones((3, 4, 5), jnp.float16)), "tables must have dtype float32 or bfloat16, got float16"),
         (dict(tables=jnp.ones((3, 8, 5), jnp.float32)), "tables have 8 rows but code length 2 needs"),
         (dict(tables=jnp.ones((2, 4, 5), jnp.float32)), r"z must have shape \[..., T, K\] with T = 2"),
         (dict(estimator="gumbel"), "estimator must be one of"),

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "gather.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -30,17 +31,9 @@ namespace {
 // count, so each output element is computed by the same operations in the
 // same order whichever thread runs it.
 constexpr int64_t kTokensPerChunk = 32;
-constexpr int64_t kColumnsPerChunk = 256;
 
 // ---------------------------------------------------------------------------
 // Kernels on raw pointers, one batch element each.
-
-struct GatherShape {
-  int64_t tokens;      // N
-  int64_t tables;      // T
-  int64_t table_rows;  // S
-  int64_t width;       // D
-};
 
 // Returns the first (token, table) whose code is outside [0, S), or -1.
 int64_t FindBadCode(const GatherShape& s, const int32_t* codes) {
@@ -51,58 +44,9 @@ int64_t FindBadCode(const GatherShape& s, const int32_t* codes) {
   return -1;
 }
 
-const float* Row(const GatherShape& s, const float* tables, int64_t table,
-                 int32_t code) {
-  return tables + (table * s.table_rows + code) * s.width;
-}
-
-// y[n] = sum_t weights[n, t] * tables[t, codes[n, t]].
-void GatherForward(ffi::ThreadPool& pool, const GatherShape& s,
-                   const int32_t* codes, const float* weights,
-                   const float* tables, float* y) {
-  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
-  ParallelFor(pool, chunks, [&](int64_t chunk) {
-    const int64_t begin = chunk * kTokensPerChunk;
-    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
-    for (int64_t n = begin; n < end; ++n) {
-      float* y_row = y + n * s.width;
-      std::memset(y_row, 0, sizeof(float) * s.width);
-      for (int64_t t = 0; t < s.tables; ++t) {
-        const int64_t i = n * s.tables + t;
-        simd::Axpy(s.width, weights[i], Row(s, tables, t, codes[i]), y_row);
-      }
-    }
-  });
-}
-
-// dtables[t, codes[n, t]] += weights[n, t] * dy[n], summed over tokens in
-// order. Chunks own disjoint (table, column range) blocks of dtables, so
-// tokens that share a row never race.
-void TableGradient(ffi::ThreadPool& pool, const GatherShape& s,
-                   const int32_t* codes, const float* weights, const float* dy,
-                   float* dtables) {
-  const int64_t column_chunks =
-      std::max<int64_t>((s.width + kColumnsPerChunk - 1) / kColumnsPerChunk, 1);
-  ParallelFor(pool, s.tables * column_chunks, [&](int64_t chunk) {
-    const int64_t t = chunk / column_chunks;
-    const int64_t column = (chunk % column_chunks) * kColumnsPerChunk;
-    const int64_t columns = std::min(kColumnsPerChunk, s.width - column);
-    if (columns <= 0) return;
-    float* table = dtables + t * s.table_rows * s.width;
-    for (int64_t r = 0; r < s.table_rows; ++r) {
-      std::memset(table + r * s.width + column, 0, sizeof(float) * columns);
-    }
-    for (int64_t n = 0; n < s.tokens; ++n) {
-      const int64_t i = n * s.tables + t;
-      simd::Axpy(columns, weights[i], dy + n * s.width + column,
-                 table + codes[i] * s.width + column);
-    }
-  });
-}
-
 // dweights[n, t] = <dy[n], tables[t, codes[n, t]]>.
 void WeightGradient(ffi::ThreadPool& pool, const GatherShape& s,
-                    const int32_t* codes, const float* tables, const float* dy,
+                    const int32_t* codes, TableView tables, const float* dy,
                     float* dweights) {
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
   ParallelFor(pool, chunks, [&](int64_t chunk) {
@@ -111,8 +55,7 @@ void WeightGradient(ffi::ThreadPool& pool, const GatherShape& s,
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t t = 0; t < s.tables; ++t) {
         const int64_t i = n * s.tables + t;
-        dweights[i] = simd::Dot(s.width, dy + n * s.width,
-                                Row(s, tables, t, codes[i]));
+        dweights[i] = RowDot(s, tables, t, codes[i], dy + n * s.width);
       }
     }
   });
@@ -147,7 +90,7 @@ int32_t Code(int64_t code_length, const float* z) {
 
 // Fused forward: codes and scores of z [N, T, K], then the weighted gather.
 void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
-                   int64_t code_length, const float* z, const float* tables,
+                   int64_t code_length, const float* z, TableView tables,
                    float* y, int32_t* codes, float* scores) {
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
   const int64_t per_token = s.tables * code_length;
@@ -158,8 +101,6 @@ void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
     for (int64_t n = begin; n < end; ++n) {
       const float* z_n = z + n * per_token;
       simd::ExpNegTwiceAbs(per_token, z_n, e.data());
-      float* y_row = y + n * s.width;
-      std::memset(y_row, 0, sizeof(float) * s.width);
       for (int64_t t = 0; t < s.tables; ++t) {
         const int64_t i = n * s.tables + t;
         const float* z_i = z_n + t * code_length;
@@ -167,10 +108,10 @@ void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
             ComputeHashTerms(code_length, z_i, e.data() + t * code_length);
         codes[i] = Code(code_length, z_i);
         scores[i] = h.abs_sum * h.q_top;
-        simd::Axpy(s.width, scores[i], Row(s, tables, t, codes[i]), y_row);
       }
     }
   });
+  GatherRows(pool, s, codes, scores, tables, y);
 }
 
 // dz of the "score" estimator for one projection, given a = <dy, row>:
@@ -223,7 +164,7 @@ void StraightThroughOne(int64_t code_length, const float* z, const float* e,
 // dz for z [N, T, K] under either estimator.
 void ProjectionGradient(ffi::ThreadPool& pool, const GatherShape& s,
                         int64_t code_length, int32_t estimator, const float* z,
-                        const float* tables, const int32_t* codes,
+                        TableView tables, const int32_t* codes,
                         const float* dy, float* dz) {
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
   const int64_t per_token = s.tables * code_length;
@@ -241,14 +182,14 @@ void ProjectionGradient(ffi::ThreadPool& pool, const GatherShape& s,
         const float* z_i = z_n + t * code_length;
         const float* e_i = e.data() + t * code_length;
         float* dz_i = dz + i * code_length;
-        dots[0] = simd::Dot(s.width, dy_row, Row(s, tables, t, codes[i]));
+        dots[0] = RowDot(s, tables, t, codes[i], dy_row);
         if (estimator == kScoreEstimator) {
           ScoreEstimatorOne(code_length, z_i, e_i, dots[0], dz_i);
           continue;
         }
         for (int64_t k = 0; k < code_length; ++k) {
           const int32_t neighbour = codes[i] ^ (1 << (code_length - 1 - k));
-          dots[1 + k] = simd::Dot(s.width, dy_row, Row(s, tables, t, neighbour));
+          dots[1 + k] = RowDot(s, tables, t, neighbour, dy_row);
         }
         StraightThroughOne(code_length, z_i, e_i, dots, dz_i);
       }
@@ -369,6 +310,24 @@ ffi::Error OutOfRange(const char* op, const GatherShape& s,
       std::to_string(s.table_rows) + ")");
 }
 
+// Tables may be float32 or bfloat16; the kernels accumulate in float32.
+ffi::Error CheckTableType(const char* op, const ffi::AnyBuffer& tables) {
+  const ffi::DataType type = tables.element_type();
+  if (type == ffi::DataType::F32 || type == ffi::DataType::BF16) {
+    return ffi::Error::Success();
+  }
+  return ffi::Error::InvalidArgument(
+      std::string(op) + ": tables must be float32 or bfloat16, got XLA type " +
+      std::to_string(static_cast<int>(type)));
+}
+
+// A view of the tables that starts `offset` elements into the buffer.
+TableView ViewAt(const ffi::AnyBuffer& tables, int64_t offset) {
+  const bool bf16 = tables.element_type() == ffi::DataType::BF16;
+  const char* base = static_cast<const char*>(tables.untyped_data());
+  return {base + offset * (bf16 ? 2 : 4), bf16};
+}
+
 ffi::Error ShapeMismatch(const char* op, const std::string& what) {
   return ffi::Error::InvalidArgument(std::string(op) + ": " + what);
 }
@@ -396,9 +355,10 @@ ffi::Error ReadGatherShape(const char* op, Dims codes, Dims tables,
 ffi::Error WeightedGatherForwardImpl(ffi::ThreadPool pool,
                                      ffi::Buffer<ffi::S32> codes,
                                      ffi::Buffer<ffi::F32> weights,
-                                     ffi::Buffer<ffi::F32> tables,
+                                     ffi::AnyBuffer tables,
                                      ffi::ResultBuffer<ffi::F32> y) {
   constexpr const char* kOp = "weighted_gather";
+  if (auto e = CheckTableType(kOp, tables); e.failure()) return e;
   BatchIndexer batch;
   if (auto e = batch.Init(kOp, {codes.dimensions(), weights.dimensions(),
                                 tables.dimensions()},
@@ -419,8 +379,8 @@ ffi::Error WeightedGatherForwardImpl(ffi::ThreadPool pool,
     if (int64_t bad = FindBadCode(s, c); bad >= 0) {
       return OutOfRange(kOp, s, c, bad);
     }
-    GatherForward(pool, s, c, weights.typed_data() + batch.Offset(1, b),
-                  tables.typed_data() + batch.Offset(2, b),
+    GatherRows(pool, s, c, weights.typed_data() + batch.Offset(1, b),
+                  ViewAt(tables, batch.Offset(2, b)),
                   y->typed_data() + b * s.tokens * s.width);
   }
   return ffi::Error::Success();
@@ -428,10 +388,11 @@ ffi::Error WeightedGatherForwardImpl(ffi::ThreadPool pool,
 
 ffi::Error WeightedGatherBackwardImpl(
     ffi::ThreadPool pool, ffi::Buffer<ffi::S32> codes,
-    ffi::Buffer<ffi::F32> weights, ffi::Buffer<ffi::F32> tables,
+    ffi::Buffer<ffi::F32> weights, ffi::AnyBuffer tables,
     ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dweights,
     ffi::ResultBuffer<ffi::F32> dtables) {
   constexpr const char* kOp = "weighted_gather (backward)";
+  if (auto e = CheckTableType(kOp, tables); e.failure()) return e;
   BatchIndexer batch;
   if (auto e = batch.Init(
           kOp,
@@ -456,11 +417,11 @@ ffi::Error WeightedGatherBackwardImpl(
       return OutOfRange(kOp, s, c, bad);
     }
     const float* w = weights.typed_data() + batch.Offset(1, b);
-    const float* table = tables.typed_data() + batch.Offset(2, b);
+    const TableView table = ViewAt(tables, batch.Offset(2, b));
     const float* g = dy.typed_data() + batch.Offset(3, b);
     WeightGradient(pool, s, c, table, g,
                    dweights->typed_data() + b * s.tokens * s.tables);
-    TableGradient(pool, s, c, w, g,
+    ScatterRows(pool, s, c, w, g,
                   dtables->typed_data() +
                       b * s.tables * s.table_rows * s.width);
   }
@@ -492,11 +453,12 @@ ffi::Error CheckLookupShapes(const char* op, Dims z, Dims tables,
 }
 
 ffi::Error LookupForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
-                             ffi::Buffer<ffi::F32> tables,
+                             ffi::AnyBuffer tables,
                              ffi::ResultBuffer<ffi::F32> y,
                              ffi::ResultBuffer<ffi::S32> codes,
                              ffi::ResultBuffer<ffi::F32> scores) {
   constexpr const char* kOp = "lookup";
+  if (auto e = CheckTableType(kOp, tables); e.failure()) return e;
   BatchIndexer batch;
   if (auto e = batch.Init(kOp, {z.dimensions(), tables.dimensions()}, {3, 3},
                           {"z", "tables"});
@@ -518,7 +480,7 @@ ffi::Error LookupForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
   for (int64_t b = 0; b < batch.size(); ++b) {
     const int64_t nt = b * s.tokens * s.tables;
     LookupForward(pool, s, code_length, z.typed_data() + batch.Offset(0, b),
-                  tables.typed_data() + batch.Offset(1, b),
+                  ViewAt(tables, batch.Offset(1, b)),
                   y->typed_data() + b * s.tokens * s.width,
                   codes->typed_data() + nt, scores->typed_data() + nt);
   }
@@ -526,11 +488,12 @@ ffi::Error LookupForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
 }
 
 ffi::Error LookupBackwardImpl(
-    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> tables,
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::AnyBuffer tables,
     ffi::Buffer<ffi::S32> codes, ffi::Buffer<ffi::F32> scores,
     ffi::Buffer<ffi::F32> dy, int32_t estimator, ffi::ResultBuffer<ffi::F32> dz,
     ffi::ResultBuffer<ffi::F32> dtables) {
   constexpr const char* kOp = "lookup (backward)";
+  if (auto e = CheckTableType(kOp, tables); e.failure()) return e;
   if (estimator != kScoreEstimator && estimator != kStraightThroughEstimator) {
     return ffi::Error::InvalidArgument(std::string(kOp) + ": estimator " +
                                        std::to_string(estimator) +
@@ -560,7 +523,7 @@ ffi::Error LookupBackwardImpl(
   }
   for (int64_t b = 0; b < batch.size(); ++b) {
     const float* z_b = z.typed_data() + batch.Offset(0, b);
-    const float* table = tables.typed_data() + batch.Offset(1, b);
+    const TableView table = ViewAt(tables, batch.Offset(1, b));
     const int32_t* c = codes.typed_data() + batch.Offset(2, b);
     const float* w = scores.typed_data() + batch.Offset(3, b);
     const float* g = dy.typed_data() + batch.Offset(4, b);
@@ -569,7 +532,7 @@ ffi::Error LookupBackwardImpl(
     }
     ProjectionGradient(pool, s, code_length, estimator, z_b, table, c, g,
                        dz->typed_data() + b * s.tokens * s.tables * code_length);
-    TableGradient(pool, s, c, w, g,
+    ScatterRows(pool, s, c, w, g,
                   dtables->typed_data() +
                       b * s.tables * s.table_rows * s.width);
   }
@@ -583,7 +546,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherFwdHandler, WeightedGatherForwardImp
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()  // codes
                                   .Arg<ffi::Buffer<ffi::F32>>()  // weights
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::AnyBuffer>()  // tables
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y
 );
 
@@ -593,7 +556,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherBwdHandler,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::S32>>()  // codes
                                   .Arg<ffi::Buffer<ffi::F32>>()  // weights
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::AnyBuffer>()  // tables
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dweights
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dtables
@@ -603,7 +566,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LookupFwdHandler, LookupForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // z
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::AnyBuffer>()  // tables
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y
                                   .Ret<ffi::Buffer<ffi::S32>>()  // codes
                                   .Ret<ffi::Buffer<ffi::F32>>()  // scores
@@ -613,7 +576,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LookupBwdHandler, LookupBackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // z
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // tables
+                                  .Arg<ffi::AnyBuffer>()  // tables
                                   .Arg<ffi::Buffer<ffi::S32>>()  // codes
                                   .Arg<ffi::Buffer<ffi::F32>>()  // scores
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy

@@ -33,6 +33,23 @@ float DotScalar(int64_t n, const float* x, const float* y) {
   return (s0 + s1) + (s2 + s3);
 }
 
+void AxpyBf16Scalar(int64_t n, float a, const uint16_t* x, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * Bf16ToFloat(x[i]);
+}
+
+float DotBf16Scalar(int64_t n, const float* x, const uint16_t* y) {
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * Bf16ToFloat(y[i]);
+    s1 += x[i + 1] * Bf16ToFloat(y[i + 1]);
+    s2 += x[i + 2] * Bf16ToFloat(y[i + 2]);
+    s3 += x[i + 3] * Bf16ToFloat(y[i + 3]);
+  }
+  for (; i < n; ++i) s0 += x[i] * Bf16ToFloat(y[i]);
+  return (s0 + s1) + (s2 + s3);
+}
+
 void ExpNegTwiceAbsScalar(int64_t n, const float* z, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = std::exp(-2.f * std::fabs(z[i]));
 }
@@ -115,6 +132,40 @@ __attribute__((target("avx2,fma"))) void AxpyAvx2(int64_t n, float a,
   }
 }
 
+// Widens 8 bfloat16 values to float32 by moving them to the upper halves.
+__attribute__((target("avx2,fma"))) inline __m256 LoadBf16x8(const uint16_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+__attribute__((target("avx2,fma"))) void AxpyBf16Avx2(int64_t n, float a,
+                                                      const uint16_t* x,
+                                                      float* y) {
+  const __m256 va = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 y0 = _mm256_loadu_ps(y + i);
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, LoadBf16x8(x + i), y0));
+  }
+  for (; i < n; ++i) y[i] += a * Bf16ToFloat(x[i]);
+}
+
+__attribute__((target("avx2,fma"))) float DotBf16Avx2(int64_t n,
+                                                     const float* x,
+                                                     const uint16_t* y) {
+  __m256 s0 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), LoadBf16x8(y + i), s0);
+  }
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float sum = _mm_cvtss_f32(h);
+  for (; i < n; ++i) sum += x[i] * Bf16ToFloat(y[i]);
+  return sum;
+}
+
 __attribute__((target("avx2,fma"))) float DotAvx2(int64_t n, const float* x,
                                                  const float* y) {
   __m256 s0 = _mm256_setzero_ps();
@@ -182,6 +233,22 @@ void ExpNegTwiceAbs(int64_t n, const float* z, float* out) {
 #endif
   ExpNegTwiceAbsScalar(n, z, out);
 }
+
+void AxpyBf16(int64_t n, float a, const uint16_t* x, float* y) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return AxpyBf16Avx2(n, a, x, y);
+#endif
+  AxpyBf16Scalar(n, a, x, y);
+}
+
+float DotBf16(int64_t n, const float* x, const uint16_t* y) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return DotBf16Avx2(n, x, y);
+#endif
+  return DotBf16Scalar(n, x, y);
+}
+
+bool Avx2Active() { return UseAvx2(); }
 
 const char* ActiveIsa() { return UseAvx2() ? "avx2" : "scalar"; }
 

@@ -18,6 +18,19 @@ void Axpy(int64_t n, float a, const float* x, float* y);
 // Returns sum_i x[i] * y[i] for i in [0, n).
 float Dot(int64_t n, const float* x, const float* y);
 
+// The same with x in bfloat16 (the upper 16 bits of a float32), widened
+// exactly to float32 before the multiply.
+void AxpyBf16(int64_t n, float a, const uint16_t* x, float* y);
+float DotBf16(int64_t n, const float* x, const uint16_t* y);
+
+// Returns the float32 value of a bfloat16.
+inline float Bf16ToFloat(uint16_t x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float value;
+  __builtin_memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
 // out[i] = exp(-2 |z[i]|) for i in [0, n), within a few ulp of std::exp.
 // These terms give the hash scores and both estimators' gradients without
 // further transcendental functions.
@@ -28,6 +41,10 @@ const char* ActiveIsa();
 
 // Returns whether this CPU supports the AVX2/FMA kernels.
 bool Avx2Supported();
+
+// Returns whether the AVX2/FMA kernels are in use now: supported and not
+// turned off by ForceScalar.
+bool Avx2Active();
 
 // Selects the kernels: true forces the scalar version, false restores the
 // best one this CPU supports. Meant for tests and benchmarks.

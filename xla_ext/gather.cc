@@ -1,0 +1,237 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// The gather reads one row slice per (token, table). With T = 128 tables of
+// 256 rows of 512 float32 the tables take 64 MB, far more than the caches,
+// so a token-by-token loop over whole rows streams from DRAM. These kernels
+// instead split the row width into column blocks of kColumnBlock floats and
+// visit the tables in groups of kTableGroup: the slices that one group reads
+// for one column block (kTableGroup * S * kColumnBlock floats, 2 MB for the
+// shape above) stay in cache while a tile of kTokenTile tokens reuses them,
+// and each output block is accumulated in registers across a whole group.
+//
+// Work is split into (column block, token tile) tasks for the gather and
+// (table group, column block) tasks for the scatter. Every output element
+// belongs to one task and is summed in a fixed order, so results do not
+// depend on the thread count.
+
+#include "gather.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "parallel.h"
+#include "simd.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define LOOKUPFFN_HAVE_X86 1
+#include <immintrin.h>
+#endif
+
+namespace lookupffn {
+namespace {
+
+namespace ffi = xla::ffi;
+
+// Floats per column block: 8 AVX2 registers of accumulators.
+constexpr int64_t kColumnBlock = 64;
+constexpr int64_t kTableGroup = 32;
+constexpr int64_t kTokenTile = 256;
+
+template <typename TableT>
+const TableT* RowPointer(const GatherShape& s, const TableT* tables,
+                         int64_t table, int32_t code) {
+  return tables + (table * s.table_rows + code) * s.width;
+}
+
+void AxpyRow(int64_t n, float a, const float* x, float* y) {
+  simd::Axpy(n, a, x, y);
+}
+void AxpyRow(int64_t n, float a, const uint16_t* x, float* y) {
+  simd::AxpyBf16(n, a, x, y);
+}
+
+// Gathers columns [column, column + columns) of tokens [begin, end) one row
+// at a time; used for the last, partial column block and without AVX2.
+template <typename TableT>
+void GatherBlockGeneric(const GatherShape& s, const int32_t* codes,
+                        const float* weights, const TableT* tables,
+                        int64_t begin, int64_t end, int64_t column,
+                        int64_t columns, float* y) {
+  for (int64_t n = begin; n < end; ++n) {
+    float* y_block = y + n * s.width + column;
+    std::memset(y_block, 0, sizeof(float) * columns);
+    for (int64_t t = 0; t < s.tables; ++t) {
+      const int64_t i = n * s.tables + t;
+      AxpyRow(columns, weights[i], RowPointer(s, tables, t, codes[i]) + column,
+              y_block);
+    }
+  }
+}
+
+void ScatterBlockGeneric(const GatherShape& s, const int32_t* codes,
+                         const float* weights, const float* dy,
+                         int64_t group_begin, int64_t group_end, int64_t column,
+                         int64_t columns, float* dtables) {
+  for (int64_t n = 0; n < s.tokens; ++n) {
+    const float* dy_block = dy + n * s.width + column;
+    for (int64_t t = group_begin; t < group_end; ++t) {
+      const int64_t i = n * s.tables + t;
+      float* row = dtables + (t * s.table_rows + codes[i]) * s.width + column;
+      simd::Axpy(columns, weights[i], dy_block, row);
+    }
+  }
+}
+
+#ifdef LOOKUPFFN_HAVE_X86
+
+__attribute__((target("avx2,fma"))) inline __m256 Load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 Load8(const uint16_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// One full column block of tokens [begin, end): for each table group, the
+// block of each token is loaded into 8 registers, gets the weighted rows of
+// the group added, and is stored back.
+template <typename TableT>
+__attribute__((target("avx2,fma"))) void GatherBlockAvx2(
+    const GatherShape& s, const int32_t* codes, const float* weights,
+    const TableT* tables, int64_t begin, int64_t end, int64_t column,
+    float* y) {
+  for (int64_t group = 0; group < s.tables; group += kTableGroup) {
+    const int64_t group_end = std::min(group + kTableGroup, s.tables);
+    for (int64_t n = begin; n < end; ++n) {
+      float* y_block = y + n * s.width + column;
+      __m256 acc[8];
+      for (int k = 0; k < 8; ++k) {
+        acc[k] = group == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y_block + 8 * k);
+      }
+      const int32_t* codes_n = codes + n * s.tables;
+      const float* weights_n = weights + n * s.tables;
+      for (int64_t t = group; t < group_end; ++t) {
+        const TableT* row = RowPointer(s, tables, t, codes_n[t]) + column;
+        const __m256 w = _mm256_set1_ps(weights_n[t]);
+        for (int k = 0; k < 8; ++k) {
+          acc[k] = _mm256_fmadd_ps(w, Load8(row + 8 * k), acc[k]);
+        }
+      }
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
+    }
+  }
+}
+
+// One full column block of tables [group_begin, group_end): each token's
+// dy block is loaded once into 8 registers and added to the group's rows.
+__attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
+    const GatherShape& s, const int32_t* codes, const float* weights,
+    const float* dy, int64_t group_begin, int64_t group_end, int64_t column,
+    float* dtables) {
+  for (int64_t n = 0; n < s.tokens; ++n) {
+    const float* dy_block = dy + n * s.width + column;
+    __m256 g[8];
+    for (int k = 0; k < 8; ++k) g[k] = _mm256_loadu_ps(dy_block + 8 * k);
+    for (int64_t t = group_begin; t < group_end; ++t) {
+      const int64_t i = n * s.tables + t;
+      float* row = dtables + (t * s.table_rows + codes[i]) * s.width + column;
+      const __m256 w = _mm256_set1_ps(weights[i]);
+      for (int k = 0; k < 8; ++k) {
+        _mm256_storeu_ps(row + 8 * k,
+                         _mm256_fmadd_ps(w, g[k], _mm256_loadu_ps(row + 8 * k)));
+      }
+    }
+  }
+}
+
+#endif  // LOOKUPFFN_HAVE_X86
+
+template <typename TableT>
+void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
+                     const int32_t* codes, const float* weights,
+                     const TableT* tables, float* y) {
+  if (s.tables == 0) {
+    std::memset(y, 0, sizeof(float) * s.tokens * s.width);
+    return;
+  }
+  const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
+  const int64_t token_tiles = (s.tokens + kTokenTile - 1) / kTokenTile;
+  const bool avx2 = simd::Avx2Active();
+
+  // Consecutive tasks share a column block, so threads running at the same
+  // time read the same table slices.
+  ParallelFor(pool, column_blocks * token_tiles, [&](int64_t task) {
+    const int64_t column = (task / token_tiles) * kColumnBlock;
+    const int64_t columns = std::min(kColumnBlock, s.width - column);
+    const int64_t begin = (task % token_tiles) * kTokenTile;
+    const int64_t end = std::min(begin + kTokenTile, s.tokens);
+#ifdef LOOKUPFFN_HAVE_X86
+    if (avx2 && columns == kColumnBlock) {
+      GatherBlockAvx2(s, codes, weights, tables, begin, end, column, y);
+      return;
+    }
+#endif
+    GatherBlockGeneric(s, codes, weights, tables, begin, end, column, columns,
+                       y);
+  });
+}
+
+}  // namespace
+
+void GatherRows(ffi::ThreadPool& pool, const GatherShape& s,
+                const int32_t* codes, const float* weights, TableView tables,
+                float* y) {
+  if (tables.bf16) {
+    GatherRowsTyped(pool, s, codes, weights,
+                    static_cast<const uint16_t*>(tables.data), y);
+  } else {
+    GatherRowsTyped(pool, s, codes, weights,
+                    static_cast<const float*>(tables.data), y);
+  }
+}
+
+void ScatterRows(ffi::ThreadPool& pool, const GatherShape& s,
+                 const int32_t* codes, const float* weights, const float* dy,
+                 float* dtables) {
+  const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
+  const int64_t groups = (s.tables + kTableGroup - 1) / kTableGroup;
+  const bool avx2 = simd::Avx2Active();
+
+  ParallelFor(pool, groups * column_blocks, [&](int64_t task) {
+    const int64_t group_begin = (task / column_blocks) * kTableGroup;
+    const int64_t group_end = std::min(group_begin + kTableGroup, s.tables);
+    const int64_t column = (task % column_blocks) * kColumnBlock;
+    const int64_t columns = std::min(kColumnBlock, s.width - column);
+    for (int64_t t = group_begin; t < group_end; ++t) {
+      for (int64_t r = 0; r < s.table_rows; ++r) {
+        std::memset(dtables + (t * s.table_rows + r) * s.width + column, 0,
+                    sizeof(float) * columns);
+      }
+    }
+#ifdef LOOKUPFFN_HAVE_X86
+    if (avx2 && columns == kColumnBlock) {
+      ScatterBlockAvx2(s, codes, weights, dy, group_begin, group_end, column,
+                       dtables);
+      return;
+    }
+#endif
+    ScatterBlockGeneric(s, codes, weights, dy, group_begin, group_end, column,
+                        columns, dtables);
+  });
+}
+
+float RowDot(const GatherShape& s, TableView tables, int64_t table,
+             int32_t code, const float* x) {
+  if (tables.bf16) {
+    return simd::DotBf16(
+        s.width, x,
+        RowPointer(s, static_cast<const uint16_t*>(tables.data), table, code));
+  }
+  return simd::Dot(
+      s.width, x,
+      RowPointer(s, static_cast<const float*>(tables.data), table, code));
+}
+
+}  // namespace lookupffn

@@ -1,0 +1,49 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// Cache-tiled kernels of the weighted table gather on raw pointers: the
+// forward gather-add, the table-gradient scatter-add and the row dot
+// products of the backward pass. Shapes follow lookupffn_jax/reference.py:
+// N tokens, T tables, S rows per table, D row width.
+
+#ifndef LOOKUPFFN_XLA_EXT_GATHER_H_
+#define LOOKUPFFN_XLA_EXT_GATHER_H_
+
+#include <cstdint>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace lookupffn {
+
+struct GatherShape {
+  int64_t tokens;      // N
+  int64_t tables;      // T
+  int64_t table_rows;  // S
+  int64_t width;       // D
+};
+
+// Tables [T, S, D] in float32 or bfloat16 (stored as its upper 16 bits).
+struct TableView {
+  const void* data;
+  bool bf16;
+};
+
+// y[n] = sum_t weights[n, t] * tables[t, codes[n, t]], accumulated in
+// float32 over t in increasing order. Codes must be in [0, S).
+void GatherRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
+                const int32_t* codes, const float* weights, TableView tables,
+                float* y);
+
+// dtables[t, codes[n, t]] += weights[n, t] * dy[n] over n in increasing
+// order, after zeroing dtables [T, S, D] (float32).
+void ScatterRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
+                 const int32_t* codes, const float* weights, const float* dy,
+                 float* dtables);
+
+// Returns <x[0..D), tables[t, code]> in float32.
+float RowDot(const GatherShape& s, TableView tables, int64_t table,
+             int32_t code, const float* x);
+
+}  // namespace lookupffn
+
+#endif  // LOOKUPFFN_XLA_EXT_GATHER_H_
