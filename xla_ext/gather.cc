@@ -5,10 +5,10 @@
 // 256 rows of 512 float32 the tables take 64 MB, far more than the caches,
 // so a token-by-token loop over whole rows streams from DRAM. These kernels
 // instead split the row width into column blocks of kColumnBlock floats and
-// visit the tables in groups of kTableGroup: the slices that one group reads
+// visit the tables in groups of kTableGroup. The slices that one group reads
 // for one column block (kTableGroup * S * kColumnBlock floats, 2 MB for the
-// shape above) stay in cache while a tile of kTokenTile tokens reuses them,
-// and each output block is accumulated in registers across a whole group.
+// shape above) stay in cache while a tile of kTokenTile tokens reuses them.
+// Each output block is accumulated in registers across a whole group.
 //
 // Work is split into (column block, token tile) tasks for the gather and
 // (table group, column block) tasks for the scatter. Every output element
@@ -83,6 +83,33 @@ void ScatterBlockGeneric(const GatherShape& s, const int32_t* codes,
   }
 }
 
+float DotRow(int64_t n, const float* x, const float* row) {
+  return simd::Dot(n, x, row);
+}
+float DotRow(int64_t n, const float* x, const uint16_t* row) {
+  return simd::DotBf16(n, x, row);
+}
+
+// Adds the partial dot products over columns [column, column + columns) of
+// tokens [begin, end) to `dots`; used for the last, partial column block and
+// without AVX2.
+template <typename TableT>
+void DotsBlockGeneric(const GatherShape& s, const int32_t* codes,
+                      int64_t candidates, const TableT* tables,
+                      const float* dy, int64_t begin, int64_t end,
+                      int64_t column, int64_t columns, float* dots) {
+  for (int64_t n = begin; n < end; ++n) {
+    const float* dy_block = dy + n * s.width + column;
+    for (int64_t t = 0; t < s.tables; ++t) {
+      for (int64_t c = 0; c < candidates; ++c) {
+        const int64_t i = (n * s.tables + t) * candidates + c;
+        dots[i] += DotRow(columns, dy_block,
+                          RowPointer(s, tables, t, codes[i]) + column);
+      }
+    }
+  }
+}
+
 #ifdef LOOKUPFFN_HAVE_X86
 
 __attribute__((target("avx2,fma"))) inline __m256 Load8(const float* p) {
@@ -146,7 +173,74 @@ __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
   }
 }
 
+__attribute__((target("avx2,fma"))) inline float HorizontalSum(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// Partial dot products over one full column block for tokens [begin, end):
+// each token's dy block is loaded once into 8 registers per table group.
+template <typename TableT>
+__attribute__((target("avx2,fma"))) void DotsBlockAvx2(
+    const GatherShape& s, const int32_t* codes, int64_t candidates,
+    const TableT* tables, const float* dy, int64_t begin, int64_t end,
+    int64_t column, float* dots) {
+  for (int64_t group = 0; group < s.tables; group += kTableGroup) {
+    const int64_t group_end = std::min(group + kTableGroup, s.tables);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* dy_block = dy + n * s.width + column;
+      __m256 g[8];
+      for (int k = 0; k < 8; ++k) g[k] = _mm256_loadu_ps(dy_block + 8 * k);
+      for (int64_t t = group; t < group_end; ++t) {
+        for (int64_t c = 0; c < candidates; ++c) {
+          const int64_t i = (n * s.tables + t) * candidates + c;
+          const TableT* row = RowPointer(s, tables, t, codes[i]) + column;
+          __m256 acc0 = _mm256_mul_ps(g[0], Load8(row));
+          __m256 acc1 = _mm256_mul_ps(g[1], Load8(row + 8));
+          for (int k = 2; k < 8; k += 2) {
+            acc0 = _mm256_fmadd_ps(g[k], Load8(row + 8 * k), acc0);
+            acc1 = _mm256_fmadd_ps(g[k + 1], Load8(row + 8 * k + 8), acc1);
+          }
+          dots[i] += HorizontalSum(_mm256_add_ps(acc0, acc1));
+        }
+      }
+    }
+  }
+}
+
 #endif  // LOOKUPFFN_HAVE_X86
+
+template <typename TableT>
+void RowDotsTyped(ffi::ThreadPool& pool, const GatherShape& s,
+                  const int32_t* codes, int64_t candidates,
+                  const TableT* tables, const float* dy, float* dots) {
+  const int64_t token_tiles = (s.tokens + kTokenTile - 1) / kTokenTile;
+  const bool avx2 = simd::Avx2Active();
+
+  // A task owns the dots of one token tile and adds the column blocks in
+  // order, so the sums do not depend on the thread count.
+  ParallelFor(pool, token_tiles, [&](int64_t tile) {
+    const int64_t begin = tile * kTokenTile;
+    const int64_t end = std::min(begin + kTokenTile, s.tokens);
+    float* tile_dots = dots + begin * s.tables * candidates;
+    std::memset(tile_dots, 0,
+                sizeof(float) * (end - begin) * s.tables * candidates);
+    for (int64_t column = 0; column < s.width; column += kColumnBlock) {
+      const int64_t columns = std::min(kColumnBlock, s.width - column);
+#ifdef LOOKUPFFN_HAVE_X86
+      if (avx2 && columns == kColumnBlock) {
+        DotsBlockAvx2(s, codes, candidates, tables, dy, begin, end, column,
+                      dots);
+        continue;
+      }
+#endif
+      DotsBlockGeneric(s, codes, candidates, tables, dy, begin, end, column,
+                       columns, dots);
+    }
+  });
+}
 
 template <typename TableT>
 void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
@@ -222,16 +316,16 @@ void ScatterRows(ffi::ThreadPool& pool, const GatherShape& s,
   });
 }
 
-float RowDot(const GatherShape& s, TableView tables, int64_t table,
-             int32_t code, const float* x) {
+void RowDots(ffi::ThreadPool& pool, const GatherShape& s,
+             const int32_t* codes, int64_t candidates, TableView tables,
+             const float* dy, float* dots) {
   if (tables.bf16) {
-    return simd::DotBf16(
-        s.width, x,
-        RowPointer(s, static_cast<const uint16_t*>(tables.data), table, code));
+    RowDotsTyped(pool, s, codes, candidates,
+                 static_cast<const uint16_t*>(tables.data), dy, dots);
+  } else {
+    RowDotsTyped(pool, s, codes, candidates,
+                 static_cast<const float*>(tables.data), dy, dots);
   }
-  return simd::Dot(
-      s.width, x,
-      RowPointer(s, static_cast<const float*>(tables.data), table, code));
 }
 
 }  // namespace lookupffn

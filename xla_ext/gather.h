@@ -40,9 +40,11 @@ void ScatterRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
                  const int32_t* codes, const float* weights, const float* dy,
                  float* dtables);
 
-// Returns <x[0..D), tables[t, code]> in float32.
-float RowDot(const GatherShape& s, TableView tables, int64_t table,
-             int32_t code, const float* x);
+// dots[n, t, c] = <dy[n], tables[t, codes[n, t, c]]> for c < candidates,
+// in float32. Codes must be in [0, S).
+void RowDots(xla::ffi::ThreadPool& pool, const GatherShape& s,
+             const int32_t* codes, int64_t candidates, TableView tables,
+             const float* dy, float* dots);
 
 }  // namespace lookupffn
 

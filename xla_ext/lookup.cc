@@ -44,23 +44,6 @@ int64_t FindBadCode(const GatherShape& s, const int32_t* codes) {
   return -1;
 }
 
-// dweights[n, t] = <dy[n], tables[t, codes[n, t]]>.
-void WeightGradient(ffi::ThreadPool& pool, const GatherShape& s,
-                    const int32_t* codes, TableView tables, const float* dy,
-                    float* dweights) {
-  const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
-  ParallelFor(pool, chunks, [&](int64_t chunk) {
-    const int64_t begin = chunk * kTokensPerChunk;
-    const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t t = 0; t < s.tables; ++t) {
-        const int64_t i = n * s.tables + t;
-        dweights[i] = RowDot(s, tables, t, codes[i], dy + n * s.width);
-      }
-    }
-  });
-}
-
 // Hash terms of one projection z[0..K), given e_j = exp(-2|z_j|):
 // sum_j |z_j| and q(s*) = prod_j sigmoid(2|z_j|) = 1 / prod_j (1 + e_j).
 // Each factor is in (1, 2], so the product stays finite for K <= 16.
@@ -161,37 +144,51 @@ void StraightThroughOne(int64_t code_length, const float* z, const float* e,
   }
 }
 
-// dz for z [N, T, K] under either estimator.
+// dz for z [N, T, K] under either estimator. The row dot products come
+// first, for all tokens at once from the tiled RowDots; the "score"
+// estimator needs <dy, row> of the top code, the straight-through one also
+// those of the K one-bit neighbours.
 void ProjectionGradient(ffi::ThreadPool& pool, const GatherShape& s,
                         int64_t code_length, int32_t estimator, const float* z,
                         TableView tables, const int32_t* codes,
                         const float* dy, float* dz) {
+  const int64_t candidates = estimator == kScoreEstimator ? 1 : code_length + 1;
+  std::vector<int32_t> candidate_codes;
+  const int32_t* dot_codes = codes;
+  if (candidates > 1) {
+    candidate_codes.resize(s.tokens * s.tables * candidates);
+    for (int64_t i = 0; i < s.tokens * s.tables; ++i) {
+      int32_t* out = candidate_codes.data() + i * candidates;
+      out[0] = codes[i];
+      for (int64_t k = 0; k < code_length; ++k) {
+        out[1 + k] = codes[i] ^ (1 << (code_length - 1 - k));
+      }
+    }
+    dot_codes = candidate_codes.data();
+  }
+  std::vector<float> dots(s.tokens * s.tables * candidates);
+  RowDots(pool, s, dot_codes, candidates, tables, dy, dots.data());
+
   const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
   const int64_t per_token = s.tables * code_length;
   ParallelFor(pool, chunks, [&](int64_t chunk) {
     const int64_t begin = chunk * kTokensPerChunk;
     const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
     std::vector<float> e(per_token);
-    float dots[kMaxCodeLength + 1];
     for (int64_t n = begin; n < end; ++n) {
       const float* z_n = z + n * per_token;
       simd::ExpNegTwiceAbs(per_token, z_n, e.data());
-      const float* dy_row = dy + n * s.width;
       for (int64_t t = 0; t < s.tables; ++t) {
         const int64_t i = n * s.tables + t;
         const float* z_i = z_n + t * code_length;
         const float* e_i = e.data() + t * code_length;
+        const float* dots_i = dots.data() + i * candidates;
         float* dz_i = dz + i * code_length;
-        dots[0] = RowDot(s, tables, t, codes[i], dy_row);
         if (estimator == kScoreEstimator) {
-          ScoreEstimatorOne(code_length, z_i, e_i, dots[0], dz_i);
-          continue;
+          ScoreEstimatorOne(code_length, z_i, e_i, dots_i[0], dz_i);
+        } else {
+          StraightThroughOne(code_length, z_i, e_i, dots_i, dz_i);
         }
-        for (int64_t k = 0; k < code_length; ++k) {
-          const int32_t neighbour = codes[i] ^ (1 << (code_length - 1 - k));
-          dots[1 + k] = RowDot(s, tables, t, neighbour, dy_row);
-        }
-        StraightThroughOne(code_length, z_i, e_i, dots, dz_i);
       }
     }
   });
@@ -419,8 +416,8 @@ ffi::Error WeightedGatherBackwardImpl(
     const float* w = weights.typed_data() + batch.Offset(1, b);
     const TableView table = ViewAt(tables, batch.Offset(2, b));
     const float* g = dy.typed_data() + batch.Offset(3, b);
-    WeightGradient(pool, s, c, table, g,
-                   dweights->typed_data() + b * s.tokens * s.tables);
+    RowDots(pool, s, c, 1, table, g,
+            dweights->typed_data() + b * s.tokens * s.tables);
     ScatterRows(pool, s, c, w, g,
                   dtables->typed_data() +
                       b * s.tables * s.table_rows * s.width);
