@@ -11,10 +11,10 @@ from flax import linen as nn
 from flax.typing import Dtype, Initializer
 
 from lookupffn_jax import bh4 as bh4_lib
+from lookupffn_jax import sharding as sharding_lib
 from lookupffn_jax.lookup import ESTIMATORS
 from lookupffn_jax.lookup import IMPLEMENTATIONS
 from lookupffn_jax.lookup import MAX_CODE_LENGTH
-from lookupffn_jax.lookup import lookup
 
 PROJECTIONS = ("dense", "bh4")
 MIN_TABLE_SIZE = 2
@@ -73,8 +73,13 @@ class LookupFFN(nn.Module):
   by score) -> plus a learned bias. The block is pre-norm, so a Transformer
   layer uses it as `x + LookupFFN(...)(x)`.
 
-  `lookup` runs in float32, so the projections and tables are cast to float32
-  for it and its output is cast back to the compute dtype.
+  `lookup` runs in float32, so the projections are cast to float32 for it and
+  its output is cast back to the compute dtype. The tables are read in
+  `table_dtype`: bfloat16 halves the bytes per looked-up row while the sum
+  stays in float32.
+
+  Under `jax.set_mesh(mesh)` with a "data" or "tables" axis the look-up runs
+  on each device's shard, see `lookupffn_jax.sharding`.
 
   Attributes:
     num_tables: number of hash tables T.
@@ -87,6 +92,10 @@ class LookupFFN(nn.Module):
     implementation: `lookup` implementation, "auto", "ffi" or "reference".
     dtype: the dtype of the computation (default: inferred from input and params).
     param_dtype: the dtype of the parameters.
+    table_dtype: the dtype the tables are read in, float32 or bfloat16
+      (default: float32). The parameter keeps `param_dtype`, so training
+      updates a float32 master copy; for inference, store the tables in
+      `table_dtype` to skip the cast.
     layer_norm_epsilon: epsilon of the input LayerNorm.
     tables_init: initializer for the `[T, table_size, out_features]` tables.
     bias_init: initializer for the output bias.
@@ -113,6 +122,7 @@ class LookupFFN(nn.Module):
   implementation: str = "auto"
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  table_dtype: Dtype | None = None
   layer_norm_epsilon: float = 1e-5
   tables_init: Initializer = nn.initializers.normal(stddev=0.02)
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -121,6 +131,13 @@ class LookupFFN(nn.Module):
     if self.num_tables < 1:
       raise ValueError(f"num_tables must be at least 1, got {self.num_tables}")
     code_length_for(self.table_size)
+    if self.table_dtype is not None and jnp.dtype(self.table_dtype) not in (
+        jnp.dtype(jnp.float32),
+        jnp.dtype(jnp.bfloat16),
+    ):
+      raise ValueError(
+          f"table_dtype must be float32 or bfloat16, got {self.table_dtype}"
+      )
     if self.out_features is not None and self.out_features < 1:
       raise ValueError(
           f"out_features must be at least 1 or None, got {self.out_features}"
@@ -169,9 +186,9 @@ class LookupFFN(nn.Module):
         self.param_dtype,
     )
     bias = self.param("bias", self.bias_init, (out_features,), self.param_dtype)
-    y = lookup(
+    y = sharding_lib.sharded_lookup(
         z_TxK.astype(jnp.float32),
-        tables_TxSxD.astype(jnp.float32),
+        tables_TxSxD.astype(self.table_dtype or jnp.float32),
         estimator=self.estimator,
         implementation=self.implementation,
     )

@@ -71,6 +71,8 @@ class RobertaConfig:
   dtype: Any = jnp.float32
   # Parameter storage dtype.
   param_dtype: Any = jnp.float32
+  # Dtype the LookupFFN tables are read in: float32 or bfloat16.
+  table_dtype: Any = jnp.float32
   # Run the layers with `nn.scan`, so their parameters are stacked under one name.
   scan_layers: bool = False
   # Recompute each layer's activations in the backward pass (`nn.remat`).
@@ -196,6 +198,7 @@ def make_ffn(config: RobertaConfig, name: str = "ffn") -> nn.Module:
       implementation=config.implementation,
       dtype=config.dtype,
       param_dtype=config.param_dtype,
+      table_dtype=config.table_dtype,
       layer_norm_epsilon=config.layer_norm_epsilon,
       name=name,
   )

@@ -176,6 +176,27 @@ def test_lookup_bf16_params():
   assert jax.jit(layer.apply)(params, x).dtype == jnp.float32
 
 
+@pytest.mark.parametrize("implementation", ["reference", "ffi"])
+def test_lookup_bf16_tables_keep_float32_master(implementation):
+  layer32 = _lookup_ffn(implementation=implementation)
+  layer16 = _lookup_ffn(implementation=implementation, table_dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(3), (6, 24))
+  params = jax.jit(layer32.init)(jax.random.key(4), x)
+  loss = lambda layer: jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))
+  grads = jax.jit(loss(layer16))(params)
+  y16 = jax.jit(layer16.apply)(params, x)
+  y32 = jax.jit(layer32.apply)(params, x)
+  assert params["params"]["tables"].dtype == jnp.float32
+  assert grads["params"]["tables"].dtype == jnp.float32
+  assert y16.dtype == jnp.float32
+  np.testing.assert_allclose(y16, y32, rtol=2e-2, atol=2e-3)
+
+
+def test_lookup_table_dtype_rejected():
+  with pytest.raises(ValueError, match="table_dtype must be float32 or bfloat16, got"):
+    _lookup_ffn(table_dtype=jnp.float16)
+
+
 @pytest.mark.parametrize("estimator", ["score", "straight_through"])
 def test_lookup_projection_gets_gradient(estimator):
   layer = _lookup_ffn(estimator=estimator)
