@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "scikit-build-core>=0.10" "nanobind>=2.4" "jax>=0.6"
-	$(PY) -m pip install --quiet --no-build-isolation --editable ".[test]"
+	# An interrupted configure can leave a build/ that CMake rejects, so a
+	# failed install is retried once from a clean build directory.
+	$(PY) -m pip install --quiet --no-build-isolation --editable ".[test]" \
+	  || (rm -rf build && $(PY) -m pip install --quiet --no-build-isolation --editable ".[test]")
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,6 @@
 # Copyright 2026 The lookupffn-jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Default pretraining config: the tiny RoBERTa with LookupFFN (BH4 hashing).
+"""Default pretraining config: the tiny RoBERTa with LookupFFN on the default corpus.
 
 Run it with
 
@@ -26,11 +26,34 @@ def model_config(preset: str, ffn: str, **overrides) -> ml_collections.ConfigDic
   """
   config = getattr(models.RobertaConfig, preset)(ffn=ffn, **overrides)
   fields = dataclasses.asdict(config)
-  for name in ("dtype", "param_dtype"):
-    fields[name] = jnp.dtype(fields[name]).name
+  for name in ("dtype", "param_dtype", "table_dtype"):
+    if name in fields:
+      fields[name] = jnp.dtype(fields[name]).name
   if fields["ffn_hidden_size"] is None:
     fields["ffn_hidden_size"] = 4 * fields["hidden_size"]
   return ml_collections.ConfigDict(fields)
+
+
+def small_512_config(ffn: str, **model_overrides) -> ml_collections.ConfigDict:
+  """Returns the RoBERTa-small pretraining setup at sequence length 512.
+
+  AdamW with betas 0.9/0.98, epsilon 1e-6 and weight decay 0.01, 250k steps
+  of 256 sequences, and a peak learning rate of 1e-4 after 10k warmup steps.
+  """
+  config = get_config()
+  config.model = model_config("small_512", ffn, **model_overrides)
+  config.batch_size = 256
+  config.eval_batch_size = 64
+  config.num_train_steps = 250_000
+  config.warmup_steps = 10_000
+  config.learning_rate = 1e-4
+  config.grad_clip_norm = 0.0
+  config.log_every_steps = 100
+  config.eval_every_steps = 5000
+  config.num_eval_batches = 100
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  return config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Model: every field of lookupffn_jax.models.RobertaConfig.
-  config.model = model_config("tiny", "lookup_bh4", vocab_size=8192)
+  config.model = model_config("tiny", "lookup_dense", vocab_size=8192)
 
   # Corpus: see train.corpus.CorpusSpec. The default reads the documentation
   # that ships with the running Python interpreter.
@@ -59,16 +82,26 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Sequences per training step.
   config.batch_size = 32
+  # Micro-batches per training step: each runs batch_size / grad_accum_steps
+  # sequences, and their gradients are added up before the one update.
+  config.grad_accum_steps = 1
   # Sequences per evaluation step.
   config.eval_batch_size = 64
   # Number of optimizer steps.
-  config.num_train_steps = 2000
+  config.num_train_steps = 1200
   # Seed of the parameters, the dropout, the shuffling and the masking.
   config.seed = 0
 
+  # Device mesh axis sizes, -1 for all devices the other axis leaves: the
+  # batch is split over "data", the T tables of each LookupFFN over "tables".
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, tables=1))
+  # Call jax.distributed.initialize() even without JAX_COORDINATOR_ADDRESS,
+  # to let jax detect the processes on Slurm, Open MPI or Cloud TPU.
+  config.initialize_distributed = False
+
   # AdamW with linear warmup from 0 to learning_rate, then linear decay to 0.
-  config.learning_rate = 1e-3
-  config.warmup_steps = 200
+  config.learning_rate = 2e-3
+  config.warmup_steps = 100
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-6
@@ -82,11 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   # Steps between evaluations on the validation split; the last step always
   # evaluates.
-  config.eval_every_steps = 500
+  config.eval_every_steps = 400
   # Validation batches per evaluation; 0 evaluates the whole split.
   config.num_eval_batches = 0
   # Steps between checkpoints; the last step is always saved.
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 400
   # Number of most recent checkpoints kept.
   config.keep_checkpoints = 2
 

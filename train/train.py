@@ -27,8 +27,10 @@ import optax
 import orbax.checkpoint as ocp
 
 from lookupffn_jax import models
+from lookupffn_jax import sharding
 from train import input_pipeline
 from train import metrics as metrics_lib
+from train import partitioning
 
 # Parameter names that get weight decay: Dense and BH4 kernels and the
 # LookupFFN tables. Biases, LayerNorm and embeddings get none.
@@ -49,7 +51,7 @@ def roberta_config(model_config: ml_collections.ConfigDict | Mapping[str, Any]):
         f"unknown model config fields {unknown}; the fields of RobertaConfig"
         f" are {sorted(known)}"
     )
-  for name in ("dtype", "param_dtype"):
+  for name in ("dtype", "param_dtype", "table_dtype"):
     if name in fields:
       fields[name] = jnp.dtype(fields[name])
   return models.RobertaConfig(**fields)
@@ -157,34 +159,108 @@ def _logits_and_targets(state, params, batch, num_predictions, deterministic, rn
   return logits, targets, weights
 
 
+def _split_micro_batches(batch: Mapping[str, jax.Array], num_micro_batches: int):
+  """Splits each `[B, ...]` array into `[num_micro_batches, B / num_micro_batches, ...]`.
+
+  Micro-batch i takes rows i, i + k, i + 2k, ... for k micro-batches, so on a
+  batch split over "data" in contiguous blocks each device keeps its own rows
+  of every micro-batch and the split moves no data between devices.
+  """
+
+  def split(x):
+    rows_per_micro_batch = x.shape[0] // num_micro_batches
+    x = x.reshape((rows_per_micro_batch, num_micro_batches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  return {name: split(value) for name, value in batch.items()}
+
+
+def _accumulate_gradients(grad_fn, params, batch, step_key, grad_accum_steps: int):
+  """Returns `grad_fn`'s MLM sums and gradients added up over the micro-batches of `batch`.
+
+  `grad_fn(params, micro_batch, key)` returns `((loss_sum, sums), grads)`.
+  Micro-batch i gets the dropout key `fold_in(step_key, i)`.
+
+  NOTE: on a mesh with a "data" axis, XLA all-reduces the gradients inside
+  the loop, once per micro-batch (seen in the compiled HLO, jax 0.10.2 on
+  CPU). Adding per-device sums under `shard_map` and reducing once would cut
+  this k-fold, but each device would then draw dropout masks for its own rows,
+  so the masks would depend on the device count.
+  """
+  micro_batches = _split_micro_batches(batch, grad_accum_steps)
+
+  def accumulate(totals, micro_batch_and_index):
+    micro_batch, index = micro_batch_and_index
+    (_, sums), grads = grad_fn(params, micro_batch, jax.random.fold_in(step_key, index))
+    return jax.tree_util.tree_map(lambda total, x: total + x, totals, (sums, grads)), None
+
+  # Gradients add up in at least float32, whatever the parameter dtype.
+  first_micro_batch = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+  (_, sums_shapes), _ = jax.eval_shape(grad_fn, params, first_micro_batch, step_key)
+  zeros = (
+      jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), sums_shapes),
+      jax.tree_util.tree_map(
+          lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params
+      ),
+  )
+  (sums, grad_sums), _ = jax.lax.scan(
+      accumulate, zeros, (micro_batches, jnp.arange(grad_accum_steps))
+  )
+  return sums, grad_sums
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     dropout_key: jax.Array,
     num_predictions: int | None = None,
+    grad_accum_steps: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """Applies one AdamW update on `batch` and returns the new state and metrics.
 
   `num_predictions` (static) limits the MLM head to that many positions per
   row, see `max_targets_per_row`; None computes it everywhere.
+
+  `grad_accum_steps` (static) = k runs the batch as k micro-batches of B / k
+  rows, one after another, and adds up their summed losses, target counts and
+  gradients before the one update. The update is that of the mean loss over
+  all targets of the batch, so k trades time for memory and changes nothing
+  else except the dropout masks: micro-batch i draws them from its own key.
   """
+  batch_size = batch["input_ids"].shape[0]
+  if grad_accum_steps < 1 or batch_size % grad_accum_steps:
+    raise ValueError(
+        f"grad_accum_steps must be a positive divisor of the batch size"
+        f" {batch_size}, got {grad_accum_steps}"
+    )
   # One dropout key per step, so a resumed run draws the same masks.
   step_key = jax.random.fold_in(dropout_key, state.step)
 
-  def loss_fn(params):
+  def loss_sum_fn(params, micro_batch, key):
     logits, targets, weights = _logits_and_targets(
-        state, params, batch, num_predictions, False, {"dropout": step_key}
+        state, params, micro_batch, num_predictions, False, {"dropout": key}
     )
     sums = mlm_sums(logits, targets, weights)
-    # A batch without targets gives loss 0 rather than 0 / 0.
-    loss = sums["loss_sum"] / jnp.maximum(sums["num_targets"], 1.0)
-    return loss, sums
+    return sums["loss_sum"], sums
 
-  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (_, sums), grad_sums = grad_fn(state.params, batch, step_key)
+  else:
+    sums, grad_sums = _accumulate_gradients(
+        grad_fn, state.params, batch, step_key, grad_accum_steps
+    )
+
+  # The loss is the mean over all targets of the batch. A batch without
+  # targets gives loss 0 rather than 0 / 0.
+  num_targets = jnp.maximum(sums["num_targets"], 1.0)
+  grads = jax.tree_util.tree_map(
+      lambda g, p: (g / num_targets).astype(p.dtype), grad_sums, state.params
+  )
   new_state = state.apply_gradients(grads=grads)
   metrics = {
-      "loss": loss,
-      "accuracy": sums["correct_sum"] / jnp.maximum(sums["num_targets"], 1.0),
+      "loss": sums["loss_sum"] / num_targets,
+      "accuracy": sums["correct_sum"] / num_targets,
       "grad_norm": optax.tree.norm(grads),
       "num_tokens": jnp.sum(batch["attention_mask"]),
       "num_targets_skipped": jnp.sum(batch["weights"]) - sums["num_targets"],
@@ -313,6 +389,19 @@ class Checkpointer:
 # The loop
 
 
+class _DiscardingWriter:
+  """Takes the place of `MetricWriter` in processes other than 0, which write no metrics."""
+
+  def __init__(self):
+    self.history: dict[str, list[tuple[int, float]]] = {}
+
+  def write(self, step: int, values: Mapping[str, float]) -> None:
+    del step, values
+
+  def close(self) -> None:
+    pass
+
+
 def _write_json_atomically(path: pathlib.Path, content: Mapping[str, Any]) -> None:
   temporary = path.with_suffix(path.suffix + ".tmp")
   temporary.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
@@ -323,33 +412,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Pretrains the configured model, resuming from the latest checkpoint in `workdir`.
 
   Returns the summary that is also written to `workdir/summary.json`.
+
+  With several processes (see `partitioning.initialize_distributed`) every
+  process runs this with the same config and workdir. All of them build the
+  same global batches and save checkpoints together, and only process 0
+  writes the metrics, the summary and the plot.
   """
+  # Before any other JAX call, which would start a single-process backend.
+  partitioning.initialize_distributed(config.initialize_distributed)
+  is_primary = jax.process_index() == 0
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   model_config = roberta_config(config.model)
   model = models.RobertaForMaskedLM(model_config)
   logging.info("Model config: %s", model_config)
+  mesh = partitioning.create_mesh(config.mesh)
+  partitioning.check_batch_sizes(
+      mesh, config.batch_size, config.eval_batch_size, config.grad_accum_steps
+  )
 
   # Data.
-  datasets = input_pipeline.create_datasets(
-      config.corpus,
-      workdir_path,
-      vocab_size=model_config.vocab_size,
-      max_seq_len=model_config.max_seq_len,
-      batch_size=config.batch_size,
-      eval_batch_size=config.eval_batch_size,
-      seed=config.seed,
-      tokenizer_path=config.tokenizer_path or None,
+  datasets = partitioning.primary_process_first(
+      lambda: input_pipeline.create_datasets(
+          config.corpus,
+          workdir_path,
+          vocab_size=model_config.vocab_size,
+          max_seq_len=model_config.max_seq_len,
+          batch_size=config.batch_size,
+          eval_batch_size=config.eval_batch_size,
+          seed=config.seed,
+          tokenizer_path=config.tokenizer_path or None,
+      ),
+      name="create_datasets",
   )
   num_eval_batches = config.num_eval_batches or len(datasets.eval_batches)
   eval_batches = lambda: itertools.islice(datasets.eval_batches, num_eval_batches)
   baseline_accuracy = input_pipeline.most_frequent_token_accuracy(
       datasets.train_input_ids, eval_batches()
   )
+  sharded_eval_batches = lambda: (partitioning.put_batch(b, mesh) for b in eval_batches())
 
-  # State, restored from the latest checkpoint if there is one.
+  # State, created in its shardings and restored from the latest checkpoint
+  # if there is one.
   init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(config, model, init_key)
+  state, state_shardings = partitioning.create_train_state(
+      lambda: create_train_state(config, model, init_key), mesh
+  )
   logging.info(
       "Parameters: %d; FLOPs per token: %s",
       models.param_count(model_config),
@@ -367,17 +475,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_predictions = max_targets_per_row(
       model_config.max_seq_len, datasets.train_iter.masker.mask_rate
   )
-  train_step_fn = jax.jit(
-      functools.partial(train_step, num_predictions=num_predictions), donate_argnums=0
+  replicated = partitioning.replicated(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step_fn = partitioning.jit_on_mesh(
+      functools.partial(
+          train_step,
+          num_predictions=num_predictions,
+          grad_accum_steps=config.grad_accum_steps,
+      ),
+      mesh,
+      in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=0,
   )
-  eval_step_fn = jax.jit(functools.partial(eval_step, num_predictions=num_predictions))
+  eval_step_fn = partitioning.jit_on_mesh(
+      functools.partial(eval_step, num_predictions=num_predictions),
+      mesh,
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=replicated,
+  )
   schedule = learning_rate_schedule(config)
-  writer = metrics_lib.MetricWriter(workdir_path)
+  writer = metrics_lib.MetricWriter(workdir_path) if is_primary else _DiscardingWriter()
   progress = metrics_lib.Progress(config.num_train_steps, int(state.step))
 
   step = int(state.step)
   while step < config.num_train_steps:
-    batch = next(datasets.train_iter)
+    batch = partitioning.put_batch(next(datasets.train_iter), mesh)
     learning_rate = float(schedule(step))
     state, metrics = train_step_fn(state, batch, dropout_key)
     step += 1
@@ -403,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info("%s %s", progress.line(step), metrics_lib.format_values(values))
 
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-      eval_metrics = evaluate(eval_step_fn, state, eval_batches())
+      eval_metrics = evaluate(eval_step_fn, state, sharded_eval_batches())
       writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items() if k != "num_targets"})
       logging.info("step %d eval %s", step, metrics_lib.format_values(eval_metrics))
 
@@ -412,7 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
   # Final evaluation, summary and plot.
-  final = evaluate(eval_step_fn, state, eval_batches())
+  final = evaluate(eval_step_fn, state, sharded_eval_batches())
   summary = {
       "step": step,
       "eval_mlm_loss": final["mlm_loss"],
@@ -420,12 +543,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "eval_num_targets": final["num_targets"],
       "most_frequent_token_accuracy": baseline_accuracy,
       "ffn": model_config.ffn,
+      "mesh": dict(mesh.shape),
       "param_count": models.param_count(model_config),
       "train_tokens_per_second": progress.tokens_per_second(),
   }
-  _write_json_atomically(workdir_path / "summary.json", summary)
   writer.close()
-  metrics_lib.plot_history(writer.history, workdir_path / "metrics.png")
+  if is_primary:
+    _write_json_atomically(workdir_path / "summary.json", summary)
+    metrics_lib.plot_history(writer.history, workdir_path / "metrics.png")
   checkpointer.close()
   logging.info(
       "Done: step %d, eval MLM loss %.4f, eval MLM accuracy %.4f (most frequent"
