@@ -499,6 +499,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = metrics_lib.Progress(config.num_train_steps, int(state.step))
 
   step = int(state.step)
+  eval_metrics = None
   while step < config.num_train_steps:
     batch = partitioning.put_batch(next(datasets.train_iter), mesh)
     learning_rate = float(schedule(step))
@@ -534,8 +535,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step, state, datasets.train_iter.get_state(), force=step == config.num_train_steps
     )
 
-  # Final evaluation, summary and plot.
-  final = evaluate(eval_step_fn, state, sharded_eval_batches())
+  # Final evaluation (already done at the last step unless a resumed run
+  # had no step left), summary and plot.
+  final = eval_metrics
+  if final is None:
+    final = evaluate(eval_step_fn, state, sharded_eval_batches())
   summary = {
       "step": step,
       "eval_mlm_loss": final["mlm_loss"],
