@@ -309,7 +309,7 @@ def _check_sharded_restore(workdir, step, mesh):
   config = tiny_config()
   mesh = sharding.make_mesh(mesh)
   target, _ = partitioning.create_train_state(lambda: create_state(config), mesh)
-  checkpointer = train.Checkpointer(pathlib.Path(workdir) / "checkpoints", 5, 1)
+  checkpointer = train.Checkpointer(pathlib.Path(workdir) / "checkpoints", 5)
   state, _ = checkpointer.restore(step, target)
   checkpointer.close()
   assert int(state.step) == step, int(state.step)
@@ -395,7 +395,7 @@ def test_table_parallel_lookup_ffn_on_2_devices():
 
 
 def _params_at(workdir: pathlib.Path, step: int):
-  checkpointer = train.Checkpointer(workdir / "checkpoints", 5, 1)
+  checkpointer = train.Checkpointer(workdir / "checkpoints", 5)
   state, data_state = checkpointer.restore(step, create_state(tiny_config()))
   checkpointer.close()
   return state.params, data_state

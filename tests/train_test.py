@@ -64,7 +64,7 @@ def params_of(workdir: pathlib.Path, config, step: int):
   """Restores the parameters saved at `step` in `workdir`."""
   model = models.RobertaForMaskedLM(train.roberta_config(config.model))
   target = train.create_train_state(config, model, jax.random.key(0))
-  checkpointer = train.Checkpointer(workdir / "checkpoints", 5, 1)
+  checkpointer = train.Checkpointer(workdir / "checkpoints", 5)
   state, _ = checkpointer.restore(step, target)
   checkpointer.close()
   return state.params
@@ -174,6 +174,8 @@ def test_resume_matches_uninterrupted_run(corpus_dir, tmp_path, monkeypatch):
   straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
   config = tiny_config(corpus_dir)
   train.train_and_evaluate(config, str(straight_dir))
+  saved_steps = sorted(int(path.name) for path in (straight_dir / "checkpoints").iterdir())
+  assert saved_steps == [6, 12]
 
   # Interrupt a second run right after its checkpoint at step 6, as a kill
   # would, then start it again: it resumes from step 6 and runs to step 12.
@@ -212,6 +214,21 @@ def test_restore_into_other_shapes_names_parameter(corpus_dir, tmp_path):
   wider.model.num_tables = 4
   with pytest.raises(ValueError, match=r"tables.*checkpoint has \(8, 16, 32\), model expects \(4, 16, 32\)"):
     train.train_and_evaluate(wider, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(batch_size=0), "batch_size must be at least 1, got 0"),
+        (dict(warmup_steps=12), "warmup_steps must be in"),
+        (dict(checkpoint_every_steps=0), "checkpoint_every_steps must be at least 1"),
+    ],
+)
+def test_bad_config_fails_before_data(corpus_dir, tmp_path, overrides, message):
+  config = tiny_config(corpus_dir, **overrides)
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "tokenizer.json").exists()
 
 
 def test_non_finite_loss_names_step(corpus_dir, tmp_path):

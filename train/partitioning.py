@@ -91,6 +91,9 @@ def create_mesh(mesh_config: Mapping[str, int] | ml_collections.ConfigDict):
 def check_batch_sizes(mesh, batch_size: int, eval_batch_size: int, grad_accum_steps: int):
   """Raises ValueError unless every micro-batch splits evenly over "data"."""
   data_size = mesh.shape.get(sharding.DATA_AXIS, 1)
+  for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+    if value < 1:
+      raise ValueError(f"{name} must be at least 1, got {value}")
   if grad_accum_steps < 1 or batch_size % grad_accum_steps:
     raise ValueError(
         f"grad_accum_steps must be a positive divisor of batch_size {batch_size},"

@@ -321,7 +321,7 @@ class Checkpointer:
   write is complete, so a killed run leaves no partial checkpoint visible.
   """
 
-  def __init__(self, directory: str | os.PathLike[str], keep: int, every_steps: int):
+  def __init__(self, directory: str | os.PathLike[str], keep: int):
     self._manager = ocp.CheckpointManager(
         pathlib.Path(directory).absolute(),
         item_handlers={
@@ -330,7 +330,6 @@ class Checkpointer:
         },
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            save_interval_steps=every_steps,
             create=True,
             cleanup_tmp_directories=True,
             # Saving synchronously keeps the write from racing with the next
@@ -342,18 +341,17 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: TrainState, data_state: Mapping[str, Any], force=False):
-    """Saves at `step` if it is a save step (or `force`); returns whether it saved."""
+  def save(self, step: int, state: TrainState, data_state: Mapping[str, Any]) -> None:
+    """Saves `state` and the input position `data_state` as checkpoint `step`."""
     data_json = {name: int(value) for name, value in data_state.items()}
-    saved = self._manager.save(
+    self._manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_json)
         ),
-        force=force,
+        force=True,
     )
     self._manager.wait_until_finished()
-    return saved
 
   def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Restores `step` into the structure of `target`.
@@ -430,6 +428,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   partitioning.check_batch_sizes(
       mesh, config.batch_size, config.eval_batch_size, config.grad_accum_steps
   )
+  # Checks the schedule fields before the corpus and tokenizer take time.
+  schedule = learning_rate_schedule(config)
+  if config.checkpoint_every_steps < 1:
+    raise ValueError(
+        f"checkpoint_every_steps must be at least 1, got {config.checkpoint_every_steps}"
+    )
 
   # Data.
   datasets = partitioning.primary_process_first(
@@ -463,9 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       models.param_count(model_config),
       models.flops_per_token(model_config),
   )
-  checkpointer = Checkpointer(
-      workdir_path / "checkpoints", config.keep_checkpoints, config.checkpoint_every_steps
-  )
+  checkpointer = Checkpointer(workdir_path / "checkpoints", config.keep_checkpoints)
   latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(latest, state)
@@ -494,7 +496,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated,
   )
-  schedule = learning_rate_schedule(config)
   writer = metrics_lib.MetricWriter(workdir_path) if is_primary else _DiscardingWriter()
   progress = metrics_lib.Progress(config.num_train_steps, int(state.step))
 
@@ -531,9 +532,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items() if k != "num_targets"})
       logging.info("step %d eval %s", step, metrics_lib.format_values(eval_metrics))
 
-    checkpointer.save(
-        step, state, datasets.train_iter.get_state(), force=step == config.num_train_steps
-    )
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      checkpointer.save(step, state, datasets.train_iter.get_state())
 
   # Final evaluation (already done at the last step unless a resumed run
   # had no step left), summary and plot.
