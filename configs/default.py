@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Existing tokenizer.json to use; empty trains one on the training split
   # and saves it in the workdir.
   config.tokenizer_path = ""
+  # Minimum count of a byte pair for a BPE merge when training a tokenizer;
+  # lower it when a small corpus cannot fill the vocabulary.
+  config.tokenizer_min_frequency = 2
 
   # Sequences per training step.
   config.batch_size = 32

@@ -485,6 +485,7 @@ def create_datasets(
     seed: int,
     tokenizer_path: str | os.PathLike[str] | None = None,
     masker: TokenMasker | None = None,
+    tokenizer_min_frequency: int = 2,
 ) -> Datasets:
   """Loads the corpus, gets the tokenizer and builds both iterators.
 
@@ -498,13 +499,15 @@ def create_datasets(
     seed: seed of the shuffling and the masking.
     tokenizer_path: an existing `tokenizer.json` to use.
     masker: the masking; RoBERTa's 15% with 80/10/10 if None.
+    tokenizer_min_frequency: minimum pair count for a BPE merge when a
+      tokenizer is trained.
 
   Returns:
     The tokenizer, the iterators and the packed rows.
   """
   train_docs, valid_docs = corpus.load_corpus(corpus_spec)
   tokenizer = tokenizer_lib.get_tokenizer(
-      workdir, train_docs, vocab_size, tokenizer_path
+      workdir, train_docs, vocab_size, tokenizer_path, tokenizer_min_frequency
   )
   if masker is None:
     masker = TokenMasker(vocab_size=vocab_size)

@@ -102,8 +102,9 @@ def train_tokenizer(
     raise ValueError(
         f"the training documents contain enough frequent pairs for only"
         f" {tokenizer.get_vocab_size()} tokens at min_frequency"
-        f" {min_frequency}, but vocab_size is {vocab_size}; lower vocab_size"
-        " or min_frequency, or use a larger corpus"
+        f" {min_frequency}, but vocab_size is {vocab_size}; lower the"
+        " vocabulary size (config.model.vocab_size) or the minimum pair"
+        " count (config.tokenizer_min_frequency), or use a larger corpus"
     )
   check_tokenizer(tokenizer, vocab_size, "the trained tokenizer")
   return tokenizer

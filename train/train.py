@@ -446,6 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eval_batch_size=config.eval_batch_size,
           seed=config.seed,
           tokenizer_path=config.tokenizer_path or None,
+          tokenizer_min_frequency=config.tokenizer_min_frequency,
       ),
       name="create_datasets",
   )
