@@ -5,8 +5,8 @@
 The model has 2 layers of width 128 and trains for 1200 steps of 32
 sequences of 128 tokens on the default corpus. At this width a BH4
 projection costs as many FLOPs as a dense one and runs slower under XLA on
-CPU, so the dense projection is used; configs/small_512_lookup_bh4_*.py use
-BH4.
+CPU, so this config uses the dense projection. The
+configs/small_512_lookup_bh4_*.py configs use BH4.
 
 The main job, about 10 minutes on a 2-core CPU:
 

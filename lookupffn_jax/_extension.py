@@ -18,7 +18,7 @@ def load():
   """Imports the extension and registers its FFI targets for CPU, once per process.
 
   Returns the extension module, or None when it is missing or fails to load;
-  `load_error()` then holds the cause.
+  `load_error()` then returns the cause.
   """
   global _registered, _load_error, _module
   with _lock:

@@ -63,7 +63,7 @@ def weighted_gather(
 def score_surrogate(z_NxTxK: jax.Array, tables_TxSxD: jax.Array) -> jax.Array:
   """Returns the lookup output with gradients of the "score" estimator.
 
-  The codes are integers, so autodiff holds them fixed: z gets its gradient
+  The codes are integers, so autodiff keeps them fixed: z gets its gradient
   only through the score, and each table only at the selected rows.
   """
   codes_NxT, scores_NxT = hash_codes(z_NxTxK)

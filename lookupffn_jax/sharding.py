@@ -13,7 +13,7 @@ A mesh built by `make_mesh` has two axes:
 
 `LookupFFN` calls `sharded_lookup`. Under `jax.set_mesh(mesh)` with either axis
 it runs `lookup` inside `jax.shard_map`, so the CPU custom call runs once per
-device on that device's shard and never sees a gathered input. Without such a
+device on that device's shard and never receives a gathered input. Without such a
 mesh it is `lookup`.
 
 Example::

@@ -21,7 +21,7 @@ class MetricWriter:
   """Writes scalars to TensorBoard event files and to `metrics.jsonl`.
 
   Both are appended to, so a resumed run continues the history of the run
-  it resumes; `history` holds what this process wrote, for the plot.
+  it resumes; `history` contains what this process wrote, for the plot.
   """
 
   def __init__(self, workdir: str | os.PathLike[str]):

@@ -2,11 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Multi-process start-up, the device mesh and the placement of state and batches.
 
-The training loop calls these in order: `initialize_distributed` before any
-other JAX call, `create_mesh` from `config.mesh`, `create_train_state` to
-initialise the state directly in its shardings, `put_batch` for each batch,
-and `jit_on_mesh` for the steps, so that `LookupFFN` is traced under the
-mesh. `lookupffn_jax.sharding` defines which arrays are split over which
+The training loop calls `initialize_distributed` before any other JAX call,
+then `create_mesh` from `config.mesh` and `create_train_state`, which
+initialises the state directly in its shardings. Each batch goes through
+`put_batch`, and the steps are compiled by `jit_on_mesh`, so that `LookupFFN`
+is traced under the mesh. `lookupffn_jax.sharding` defines which arrays are split over which
 mesh axis.
 """
 

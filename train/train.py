@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Masked-LM pretraining of `RobertaForMaskedLM`: optimizer, steps and the loop.
 
-`train_step` and `eval_step` are pure functions of the state and a batch;
+`train_step` and `eval_step` are pure functions of the state and a batch.
 `train_and_evaluate(config, workdir)` runs the whole job: data, training,
-periodic evaluation and checkpoints, and the final summary and plot.
+periodic evaluation and checkpoints, then the final summary and plot.
 """
 
 import dataclasses

@@ -52,7 +52,7 @@ void AxpyRow(int64_t n, float a, const uint16_t* x, float* y) {
 }
 
 // Gathers columns [column, column + columns) of tokens [begin, end) one row
-// at a time; used for the last, partial column block and without AVX2.
+// at a time. Used for the last, partial column block and on CPUs without AVX2.
 template <typename TableT>
 void GatherBlockGeneric(const GatherShape& s, const int32_t* codes,
                         const float* weights, const TableT* tables,
@@ -91,8 +91,8 @@ float DotRow(int64_t n, const float* x, const uint16_t* row) {
 }
 
 // Adds the partial dot products over columns [column, column + columns) of
-// tokens [begin, end) to `dots`; used for the last, partial column block and
-// without AVX2.
+// tokens [begin, end) to `dots`. Used for the last, partial column block and
+// on CPUs without AVX2.
 template <typename TableT>
 void DotsBlockGeneric(const GatherShape& s, const int32_t* codes,
                       int64_t candidates, const TableT* tables,

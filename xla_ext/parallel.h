@@ -29,8 +29,8 @@ inline std::atomic<int64_t>& MaxThreads() {
 
 // Runs fn(chunk) for every chunk in [0, num_chunks) and returns when all
 // have finished. The calling thread takes chunks too and waits only for
-// chunks that another thread has already claimed, so a busy or single-thread
-// pool delays the loop but cannot deadlock it.
+// chunks that another thread has already claimed. A busy or single-thread
+// pool therefore only delays the loop, because unclaimed chunks run here.
 inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t num_chunks,
                         const std::function<void(int64_t)>& fn) {
   if (num_chunks <= 0) return;
