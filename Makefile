@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 # JAX_ENABLE_X64=1, where integer and float defaults widen.
 test: $(VENV)/.installed
 	JAX_ENABLE_X64=0 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
-	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests/lookup_test.py
+	JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 -q $(PYTEST_ARGS) tests/lookup_test.py tests/bh4_transform_test.py
 
 pretrain: $(VENV)/.installed
 	$(PY) -m train.main --config=$(CONFIG) --workdir=$(WORKDIR)

@@ -3,6 +3,7 @@
 """Loads the compiled `_lookup_ext` module and registers its XLA FFI targets."""
 
 import threading
+from typing import Callable
 import warnings
 
 import jax
@@ -74,3 +75,21 @@ def available_or_warn() -> bool:
           stacklevel=3,
       )
   return False
+
+
+def dispatch(implementation: str, ffi_fn: Callable, reference_fn: Callable, *args):
+  """Runs `ffi_fn` or `reference_fn` on `args`, as `implementation` selects.
+
+  "reference" and "ffi" pick one; "auto" lowers to `ffi_fn` on CPU and to
+  `reference_fn` on every other platform through `jax.lax.platform_dependent`,
+  or to `reference_fn` everywhere (with a warning) when the extension is
+  missing.
+  """
+  if implementation == "reference":
+    return reference_fn(*args)
+  if implementation == "ffi":
+    require()
+    return ffi_fn(*args)
+  if not available_or_warn():
+    return reference_fn(*args)
+  return jax.lax.platform_dependent(*args, cpu=ffi_fn, default=reference_fn)

@@ -11,6 +11,11 @@ independent repeats computes
 where every B_j is block diagonal with D' / b learned b x b blocks and H is the
 orthonormal Walsh-Hadamard transform, applied in O(D' log D') by butterflies.
 The repeats are concatenated and truncated to out_features.
+
+`bh4_transform` computes the repeats. Like the ops in `lookupffn_jax.lookup`
+it has an "ffi" implementation, a C++ kernel from `xla_ext/bh4.cc` that keeps
+a tile of tokens in cache through all four factors, and a "reference" one in
+`jnp`; "auto" picks the kernel on CPU for float32 inputs.
 """
 
 import math
@@ -22,7 +27,10 @@ from flax import linen as nn
 from flax.linen import dtypes
 from flax.typing import Dtype, Initializer
 
+from lookupffn_jax import _extension
+
 NUM_FACTORS = 4
+IMPLEMENTATIONS = ("auto", "ffi", "reference")
 
 
 def next_power_of_two(n: int) -> int:
@@ -66,6 +74,139 @@ def hadamard_transform(x: jax.Array) -> jax.Array:
     half_width *= 2
 
   return x * jnp.asarray(1.0 / math.sqrt(n), dtype=x.dtype)
+
+
+def _reference_bh4_transform(x_MxD, kernel_RxFxNxBxB):
+  """The jnp BH4 transform of `x_MxD`, without the truncation, mix or bias."""
+  repeats, num_factors, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape
+  padded = num_blocks * block_size
+  num_tokens, in_features = x_MxD.shape
+  x_padded_MxD = jnp.pad(x_MxD, [(0, 0), (0, padded - in_features)])
+  # The repeat and block axes lead, so each block multiply is one batched
+  # matmul over all M tokens. XLA on CPU ran that about twice as fast as the
+  # same product with the token axes first (measured on the 2-core
+  # development machine).
+  u_RxMxD = jnp.broadcast_to(x_padded_MxD, (repeats, num_tokens, padded))
+  for factor in range(num_factors):
+    u_RxNxMxB = u_RxMxD.reshape(
+        repeats, num_tokens, num_blocks, block_size
+    ).transpose(0, 2, 1, 3)
+    u_RxNxMxB = jnp.einsum(
+        "rnmi,rnio->rnmo", u_RxNxMxB, kernel_RxFxNxBxB[:, factor]
+    )
+    u_RxMxD = hadamard_transform(
+        u_RxNxMxB.transpose(0, 2, 1, 3).reshape(repeats, num_tokens, padded)
+    )
+  return u_RxMxD.transpose(1, 0, 2).reshape(num_tokens, repeats * padded)
+
+
+# Every FFI call accepts leading batch dimensions of size 1 or B on each
+# operand, so "expand_dims" maps `vmap` onto one call.
+_VMAP_METHOD = "expand_dims"
+
+
+def _ffi_bh4_fwd_call(x_MxD, kernel_RxFxNxBxB):
+  repeats, _, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape[-5:]
+  out_shape = x_MxD.shape[:-1] + (repeats * num_blocks * block_size,)
+  return jax.ffi.ffi_call(
+      "lookupffn_bh4_fwd",
+      jax.ShapeDtypeStruct(out_shape, jnp.float32),
+      vmap_method=_VMAP_METHOD,
+  )(x_MxD, kernel_RxFxNxBxB)
+
+
+@jax.custom_vjp
+def _ffi_bh4_transform(x_MxD, kernel_RxFxNxBxB):
+  return _ffi_bh4_fwd_call(x_MxD, kernel_RxFxNxBxB)
+
+
+def _ffi_bh4_transform_fwd(x_MxD, kernel_RxFxNxBxB):
+  u = _ffi_bh4_fwd_call(x_MxD, kernel_RxFxNxBxB)
+  return u, (x_MxD, kernel_RxFxNxBxB)
+
+
+def _ffi_bh4_transform_bwd(residuals, du):
+  x_MxD, kernel_RxFxNxBxB = residuals
+  repeats, num_factors, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape[-5:]
+  num_tokens = x_MxD.shape[-2]
+  by_block = (repeats, num_factors, num_blocks, num_tokens, block_size)
+  dx, inputs, dv = jax.ffi.ffi_call(
+      "lookupffn_bh4_bwd",
+      (
+          jax.ShapeDtypeStruct(x_MxD.shape, jnp.float32),
+          jax.ShapeDtypeStruct(by_block, jnp.float32),
+          jax.ShapeDtypeStruct(by_block, jnp.float32),
+      ),
+      vmap_method=_VMAP_METHOD,
+  )(x_MxD, kernel_RxFxNxBxB, du)
+  # The kernel gradient is a reduction over tokens, a matmul per block,
+  # which XLA's dot runs well.
+  dkernel = jnp.einsum("rfnmi,rfnmo->rfnio", inputs, dv)
+  return dx, dkernel
+
+
+_ffi_bh4_transform.defvjp(_ffi_bh4_transform_fwd, _ffi_bh4_transform_bwd)
+
+
+def bh4_transform(
+    x: jax.Array, kernel: jax.Array, *, implementation: str = "auto"
+) -> jax.Array:
+  """Applies the BH4 repeats of `kernel` to `x`: `H B_F ... H B_1 x` per repeat.
+
+  The input is zero-padded to D' = NB * b columns, and repeat r multiplies
+  by the block-diagonal matrix of `kernel[r, f]` and then by the orthonormal
+  Hadamard matrix, for f = 0, 1, ..., F - 1. The repeats are concatenated.
+
+  Args:
+    x: floating `[..., d]` with d <= D'.
+    kernel: `[R, F, NB, b, b]` blocks of x's dtype, NB * b a power of two.
+    implementation: "auto", "ffi" or "reference". "ffi" runs the C++ kernel
+      and needs float32 and CPU; "auto" uses it on CPU for float32 `x` and
+      `kernel`, and the reference otherwise.
+
+  Returns:
+    `[..., R * D']` of x's dtype.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+    )
+  x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  if kernel.ndim != 5 or kernel.shape[-1] != kernel.shape[-2]:
+    raise ValueError(
+        f"kernel must have shape [R, F, NB, b, b], got {kernel.shape}"
+    )
+  repeats, _, num_blocks, block_size, _ = kernel.shape
+  padded = num_blocks * block_size
+  if not is_power_of_two(padded) or min(kernel.shape) < 1:
+    raise ValueError(
+        f"kernel {kernel.shape} must have NB * b = {padded} a power of two and"
+        " every dimension at least 1"
+    )
+  if x.ndim < 1 or x.shape[-1] > padded:
+    raise ValueError(
+        f"x must have shape [..., d] with d <= NB * b = {padded}, got {x.shape}"
+    )
+  float32 = x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+  if implementation == "ffi" and not float32:
+    raise ValueError(
+        "implementation='ffi' needs float32 x and kernel, got"
+        f" {x.dtype} and {kernel.dtype}; cast them with .astype(jnp.float32)"
+        " or pass implementation='reference'"
+    )
+  if implementation == "auto" and not float32:
+    implementation = "reference"
+
+  batch_shape = x.shape[:-1]
+  x_MxD = x.reshape(math.prod(batch_shape), x.shape[-1])
+  u = _extension.dispatch(
+      implementation,
+      _ffi_bh4_transform,
+      _reference_bh4_transform,
+      x_MxD,
+      kernel,
+  )
+  return u.reshape(batch_shape + (repeats * padded,))
 
 
 def orthogonal_blocks_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
@@ -136,6 +277,8 @@ class BH4(nn.Module):
     param_dtype: the dtype of the parameters.
     kernel_init: initializer for the `[R, 4, D' / b, b, b]` blocks.
     bias_init: initializer for the bias.
+    implementation: `bh4_transform` implementation, "auto", "ffi" or
+      "reference".
 
   Example usage::
 
@@ -157,8 +300,14 @@ class BH4(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = orthogonal_blocks_init
   bias_init: Initializer = nn.initializers.zeros_init()
+  implementation: str = "auto"
 
   def __post_init__(self):
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(
+          f"implementation must be one of {IMPLEMENTATIONS}, got"
+          f" {self.implementation!r}"
+      )
     if self.out_features < 1:
       raise ValueError(f"out_features must be at least 1, got {self.out_features}")
     if not is_power_of_two(self.block_size):
@@ -192,27 +341,8 @@ class BH4(nn.Module):
     x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     batch_shape = x.shape[:-1]
 
-    # Every repeat starts from the same zero-padded input. The repeat and
-    # block axes lead, so each block multiply is one batched matmul over all
-    # M tokens. XLA on CPU ran that about twice as fast as the same product
-    # with the token axes first (measured on the 2-core development machine).
-    num_tokens = math.prod(batch_shape)
-    x_padded_MxD = jnp.pad(
-        x.reshape(num_tokens, in_features), [(0, 0), (0, padded - in_features)]
-    )
-    u_RxMxD = jnp.broadcast_to(x_padded_MxD, (repeats, num_tokens, padded))
-    for factor in range(NUM_FACTORS):
-      u_RxNxMxB = u_RxMxD.reshape(
-          repeats, num_tokens, num_blocks, block_size
-      ).transpose(0, 2, 1, 3)
-      u_RxNxMxB = jnp.einsum("rnmi,rnio->rnmo", u_RxNxMxB, kernel[:, factor])
-      u_RxMxD = hadamard_transform(
-          u_RxNxMxB.transpose(0, 2, 1, 3).reshape(repeats, num_tokens, padded)
-      )
-    projected = u_RxMxD.transpose(1, 0, 2).reshape(num_tokens, repeats * padded)
-    projected = projected[:, : self.out_features].reshape(
-        batch_shape + (self.out_features,)
-    )
+    projected = bh4_transform(x, kernel, implementation=self.implementation)
+    projected = projected[..., : self.out_features]
 
     copies = -(-self.out_features // in_features)
     x_tiled = jnp.tile(x, (1,) * len(batch_shape) + (copies,))[..., : self.out_features]

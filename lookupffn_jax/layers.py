@@ -89,7 +89,8 @@ class LookupFFN(nn.Module):
     projection: "dense" (`nn.Dense`) or "bh4" (`BH4`) for the hash projection.
     block_size: block size of the BH4 projection; unused by "dense".
     estimator: gradient estimator of `lookup`, "score" or "straight_through".
-    implementation: `lookup` implementation, "auto", "ffi" or "reference".
+    implementation: implementation of `lookup` and of the BH4 projection,
+      "auto", "ffi" or "reference".
     dtype: the dtype of the computation (default: inferred from input and params).
     param_dtype: the dtype of the parameters.
     table_dtype: the dtype the tables are read in, float32 or bfloat16
@@ -174,6 +175,7 @@ class LookupFFN(nn.Module):
           block_size=self.block_size,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
+          implementation=self.implementation,
           name="hash_projection",
       )
     z = projection(h)

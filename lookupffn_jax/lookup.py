@@ -14,8 +14,6 @@ the reference and never names the CPU custom-call targets.
 
 import functools
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,18 +93,6 @@ def _check_codes_in_range(op_name: str, codes_NxT: jax.Array, table_size: int):
       first // num_tables,
       first % num_tables,
   )
-
-
-def _dispatch(implementation: str, ffi_fn: Callable, reference_fn: Callable, *args):
-  """Runs `ffi_fn` or `reference_fn`, as selected by `implementation`."""
-  if implementation == "reference":
-    return reference_fn(*args)
-  if implementation == "ffi":
-    _extension.require()
-    return ffi_fn(*args)
-  if not _extension.available_or_warn():
-    return reference_fn(*args)
-  return jax.lax.platform_dependent(*args, cpu=ffi_fn, default=reference_fn)
 
 
 # ---------------------------------------------------------------------------
@@ -226,7 +212,7 @@ def weighted_gather(
   num_tokens = math.prod(batch_shape)
   codes_NxT = codes.reshape(num_tokens, num_tables)
   weights_NxT = weights.reshape(num_tokens, num_tables)
-  y_NxD = _dispatch(
+  y_NxD = _extension.dispatch(
       implementation,
       _ffi_weighted_gather,
       _reference_weighted_gather,
@@ -354,7 +340,7 @@ def lookup(
 
   batch_shape = z.shape[:-2]
   z_NxTxK = z.reshape(math.prod(batch_shape), num_tables, code_length)
-  y_NxD = _dispatch(
+  y_NxD = _extension.dispatch(
       implementation,
       lambda z, tables: _ffi_lookup(z, tables, estimator),
       functools.partial(reference.lookup, estimator=estimator),

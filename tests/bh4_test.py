@@ -131,10 +131,13 @@ def test_bias_added():
   np.testing.assert_allclose(layer.apply(params, x), [[0.0, 1.0, 2.0, 3.0]])
 
 
-def test_matches_dense_composition():
+@pytest.mark.parametrize("implementation", ["reference", "auto"])
+def test_matches_dense_composition(implementation):
   # Checks the vectorised repeats against an explicit product of matrices.
   in_features, out_features, block_size = 8, 12, 4
-  layer = bh4.BH4(out_features=out_features, block_size=block_size)
+  layer = bh4.BH4(
+      out_features=out_features, block_size=block_size, implementation=implementation
+  )
   x = jax.random.normal(jax.random.key(5), (3, in_features))
   params, y = _init_and_apply(layer, x)
   kernel = np.asarray(params["params"]["kernel"])
@@ -188,3 +191,8 @@ def test_block_size_above_padded_width():
   layer = bh4.BH4(out_features=8, block_size=64)
   with pytest.raises(ValueError, match="block_size 64 is larger"):
     jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 20)))
+
+
+def test_module_rejects_unknown_implementation():
+  with pytest.raises(ValueError, match="got 'fast'"):
+    bh4.BH4(out_features=8, implementation="fast")

@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 
+#include "bh4.h"
 #include "lookup.h"
 #include "parallel.h"
 #include "simd.h"
@@ -42,6 +43,8 @@ NB_MODULE(_lookup_ext, m) {
             Capsule(lookupffn::WeightedGatherBwdHandler);
         targets["lookupffn_lookup_fwd"] = Capsule(lookupffn::LookupFwdHandler);
         targets["lookupffn_lookup_bwd"] = Capsule(lookupffn::LookupBwdHandler);
+        targets["lookupffn_bh4_fwd"] = Capsule(lookupffn::Bh4FwdHandler);
+        targets["lookupffn_bh4_bwd"] = Capsule(lookupffn::Bh4BwdHandler);
         return targets;
       },
       "Returns {target name: handler capsule} for jax.ffi.register_ffi_target.");

@@ -1,0 +1,203 @@
+# Copyright 2026 The lookupffn-jax Authors.
+# SPDX-License-Identifier: Apache-2.0
+"""Tests of bh4_transform: the C++ kernel against the jnp reference.
+
+Every input is float32, so the file also runs with JAX_ENABLE_X64=1.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from lookupffn_jax import _extension
+from lookupffn_jax import bh4
+
+ext = _extension.load()
+requires_ffi = pytest.mark.skipif(
+    ext is None, reason=f"extension not loaded: {_extension.load_error()!r}"
+)
+
+
+def _transform_inputs(seed, tokens, in_features, kernel_shape):
+  kx, kk, kg = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(kx, (tokens, in_features), jnp.float32)
+  # Blocks scaled to keep the values near 1 through the factors.
+  kernel = jax.random.normal(kk, kernel_shape, jnp.float32)
+  kernel = kernel / np.float32(np.sqrt(kernel_shape[-1]))
+  repeats, _, num_blocks, block_size, _ = kernel_shape
+  du = jax.random.normal(
+      kg, (tokens, repeats * num_blocks * block_size), jnp.float32
+  )
+  return x, kernel, du
+
+
+@jax.jit
+def _ffi_value_and_grads(x, kernel, du):
+  fn = lambda x, k: bh4.bh4_transform(x, k, implementation="ffi")
+  u, vjp = jax.vjp(fn, x, kernel)
+  return (u,) + vjp(du)
+
+
+@jax.jit
+def _reference_value_and_grads(x, kernel, du):
+  fn = lambda x, k: bh4.bh4_transform(x, k, implementation="reference")
+  u, vjp = jax.vjp(fn, x, kernel)
+  return (u,) + vjp(du)
+
+
+def _assert_close(actual, expected, rtol=2e-5):
+  for name, a, e in zip(("u", "dx", "dkernel"), actual, expected):
+    scale = max(float(jnp.max(jnp.abs(e))), 1.0)
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+# (tokens, d, [R, F, NB, b, b]): the 6-row micro-kernel and its tails,
+# 16- and 8-column strips, the scalar path for b < 8, widths below 8 and
+# padded inputs, several tiles of 48 tokens.
+TRANSFORM_CASES = [
+    (1, 512, (2, 4, 8, 64, 64)),
+    (7, 500, (2, 4, 8, 64, 64)),
+    (100, 64, (1, 4, 4, 16, 16)),
+    (13, 40, (3, 4, 8, 8, 8)),
+    (5, 3, (2, 4, 1, 4, 4)),
+    (9, 16, (1, 2, 4, 4, 4)),
+    (4, 2, (2, 3, 2, 1, 1)),
+    (49, 128, (1, 4, 1, 128, 128)),
+]
+
+
+@requires_ffi
+@pytest.mark.parametrize("tokens,in_features,kernel_shape", TRANSFORM_CASES)
+def test_transform_ffi_matches_reference(tokens, in_features, kernel_shape):
+  x, kernel, du = _transform_inputs(0, tokens, in_features, kernel_shape)
+  _assert_close(
+      _ffi_value_and_grads(x, kernel, du), _reference_value_and_grads(x, kernel, du)
+  )
+
+
+@requires_ffi
+def test_transform_ffi_matches_dense_matrices():
+  x, kernel, _ = _transform_inputs(1, 6, 12, (2, 4, 4, 4, 4))
+  hadamard = scipy.linalg.hadamard(16) / 4.0
+  expected = []
+  for repeat in range(2):
+    u = np.pad(np.asarray(x), [(0, 0), (0, 4)])
+    for factor in range(4):
+      u = u @ scipy.linalg.block_diag(*np.asarray(kernel[repeat, factor])) @ hadamard
+    expected.append(u)
+  np.testing.assert_allclose(
+      bh4.bh4_transform(x, kernel, implementation="ffi"),
+      np.concatenate(expected, axis=-1),
+      rtol=1e-5,
+      atol=1e-5,
+  )
+
+
+@requires_ffi
+def test_transform_ffi_zero_tokens():
+  x, kernel, du = _transform_inputs(0, 0, 16, (1, 4, 2, 8, 8))
+  u, dx, dkernel = _ffi_value_and_grads(x, kernel, du)
+  assert u.shape == (0, 16) and dx.shape == (0, 16)
+  np.testing.assert_array_equal(dkernel, np.zeros_like(kernel))
+
+
+@requires_ffi
+def test_transform_same_result_for_any_thread_count():
+  x, kernel, du = _transform_inputs(2, 200, 512, (2, 4, 8, 64, 64))
+  results = []
+  try:
+    for threads in (1, 2, 3):
+      ext.set_max_threads(threads)
+      results.append(jax.device_get(_ffi_value_and_grads(x, kernel, du)))
+  finally:
+    ext.set_max_threads(0)
+  for other in results[1:]:
+    for a, b in zip(results[0], other):
+      np.testing.assert_array_equal(a, b)
+
+
+@requires_ffi
+def test_transform_scalar_and_avx2_kernels_agree():
+  x, kernel, du = _transform_inputs(3, 50, 256, (2, 4, 4, 64, 64))
+  try:
+    # The kernels check the setting on every call, so one compiled program
+    # serves both.
+    ext.force_scalar(True)
+    scalar = jax.device_get(_ffi_value_and_grads(x, kernel, du))
+  finally:
+    ext.force_scalar(False)
+  _assert_close(_ffi_value_and_grads(x, kernel, du), scalar)
+
+
+@requires_ffi
+def test_transform_rows_independent_of_batch():
+  # Row 0 alone and inside a tile of 100 rows goes through the same
+  # operations in the same order.
+  x, kernel, _ = _transform_inputs(4, 100, 512, (2, 4, 8, 64, 64))
+  full = bh4.bh4_transform(x, kernel, implementation="ffi")
+  alone = bh4.bh4_transform(x[:1], kernel, implementation="ffi")
+  np.testing.assert_array_equal(full[:1], alone)
+
+
+@requires_ffi
+def test_transform_under_vmap():
+  x, kernel, du = _transform_inputs(5, 3 * 10, 24, (2, 4, 2, 16, 16))
+  x, du = x.reshape(3, 10, 24), du.reshape(3, 10, 64)
+  kernels = jnp.stack([kernel, 2 * kernel, -kernel])
+  mapped = jax.vmap(_ffi_value_and_grads)
+  expected = jax.vmap(_reference_value_and_grads)
+  # Mapped over x only, then over x and the kernel.
+  _assert_close(
+      jax.vmap(_ffi_value_and_grads, in_axes=(0, None, 0))(x, kernel, du),
+      jax.vmap(_reference_value_and_grads, in_axes=(0, None, 0))(x, kernel, du),
+  )
+  _assert_close(mapped(x, kernels, du), expected(x, kernels, du))
+
+
+@requires_ffi
+def test_transform_gradient_of_unmapped_kernel_sums_over_vmap():
+  x, kernel, _ = _transform_inputs(6, 8, 16, (1, 4, 2, 8, 8))
+  loss = lambda k, impl: jnp.sum(
+      jax.vmap(lambda x: bh4.bh4_transform(x, k, implementation=impl))(
+          x.reshape(2, 4, 16)
+      )
+      ** 2
+  )
+  np.testing.assert_allclose(
+      jax.grad(loss)(kernel, "ffi"), jax.grad(loss)(kernel, "reference"),
+      rtol=2e-5, atol=2e-5,
+  )
+
+
+def test_transform_auto_uses_reference_for_bfloat16():
+  x, kernel, _ = _transform_inputs(7, 3, 16, (1, 4, 2, 8, 8))
+  u = bh4.bh4_transform(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+  assert u.dtype == jnp.bfloat16
+
+
+@requires_ffi
+def test_transform_ffi_rejects_bfloat16():
+  x, kernel, _ = _transform_inputs(7, 3, 16, (1, 4, 2, 8, 8))
+  with pytest.raises(ValueError, match="needs float32 x and kernel, got bfloat16"):
+    bh4.bh4_transform(x.astype(jnp.bfloat16), kernel, implementation="ffi")
+
+
+@pytest.mark.parametrize(
+    "x_shape,kernel_shape,message",
+    [
+        ((2, 8), (1, 4, 2, 4, 8), r"kernel must have shape \[R, F, NB, b, b\]"),
+        ((2, 8), (4, 2, 4, 4), r"kernel must have shape"),
+        ((2, 8), (1, 4, 3, 4, 4), "NB \\* b = 12 a power of two"),
+        ((2, 9), (1, 4, 2, 4, 4), r"d <= NB \* b = 8, got \(2, 9\)"),
+    ],
+)
+def test_transform_rejects_bad_shapes(x_shape, kernel_shape, message):
+  with pytest.raises(ValueError, match=message):
+    bh4.bh4_transform(jnp.ones(x_shape), jnp.ones(kernel_shape))
+
+
+def test_transform_rejects_unknown_implementation():
+  with pytest.raises(ValueError, match="got 'cuda'"):
+    bh4.bh4_transform(jnp.ones((1, 4)), jnp.ones((1, 4, 1, 4, 4)), implementation="cuda")

@@ -1,0 +1,298 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// The BH4 transform on CPU. For every token and repeat r, starting from the
+// zero-padded input a_0:
+//
+//   v_f = B_{r,f} a_{f-1} (block-diagonal product),  a_f = H v_f,
+//
+// for f = 1..F, and the output is a_F. Tokens are processed in tiles whose
+// working rows stay in cache through all F factors, so each factor costs no
+// trip to memory. See bh4.h for the shapes.
+
+#include "bh4.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "batch.h"
+#include "hadamard.h"
+#include "parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace lookupffn {
+namespace {
+
+// Tokens per work item: two tiles of 48 x 512 floats (96 KiB each) stay in
+// L2, and 48 is a multiple of the 6-row micro-kernel. Fixed by the shape
+// alone, so results do not depend on the thread count.
+constexpr int64_t kTokensPerTile = 48;
+
+struct Bh4Shape {
+  int64_t tokens;      // M
+  int64_t in_width;    // d
+  int64_t repeats;     // R
+  int64_t factors;     // F
+  int64_t num_blocks;  // NB
+  int64_t block_size;  // b
+  int64_t width() const { return num_blocks * block_size; }  // D'
+  int64_t block_elements() const { return block_size * block_size; }
+  int64_t factor_elements() const { return num_blocks * block_elements(); }
+};
+
+// Copies `rows` input rows of width d into a [rows, D'] buffer, zero-padded.
+void LoadPadded(const Bh4Shape& s, int64_t rows, const float* x, float* a) {
+  const int64_t width = s.width();
+  for (int64_t m = 0; m < rows; ++m) {
+    std::memcpy(a + m * width, x + m * s.in_width, s.in_width * sizeof(float));
+    std::fill(a + m * width + s.in_width, a + (m + 1) * width, 0.f);
+  }
+}
+
+// Copies tile rows [rows, D'] into a [NB, M, b] slice at token `first`.
+void StoreByBlock(const Bh4Shape& s, int64_t first, int64_t rows,
+                  const float* a, float* out) {
+  const int64_t b = s.block_size;
+  for (int64_t n = 0; n < s.num_blocks; ++n) {
+    for (int64_t m = 0; m < rows; ++m) {
+      std::memcpy(out + (n * s.tokens + first + m) * b, a + m * s.width() + n * b,
+                  b * sizeof(float));
+    }
+  }
+}
+
+// All F factors of repeat r for one tile; the result goes to `out`, rows
+// out_stride apart. a and v are [rows, D'] scratch; a holds the padded input.
+void ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
+                 float* a, float* v, float* out, int64_t out_stride) {
+  const int64_t width = s.width();
+  for (int64_t f = 0; f < s.factors; ++f) {
+    const bool last = f + 1 == s.factors;
+    float* dst = last ? out : v;
+    const int64_t dst_stride = last ? out_stride : width;
+    BlockDiagonalMultiply(rows, s.num_blocks, s.block_size, a, width,
+                          kernel_r + f * s.factor_elements(), dst, dst_stride);
+    HadamardRows(rows, width, dst, dst_stride);
+    std::swap(a, v);
+  }
+}
+
+void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
+                const float* kernel, float* u) {
+  const int64_t width = s.width();
+  const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  // Repeats are separate work items, so a single token still uses R threads.
+  ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
+    const int64_t tile = item / s.repeats;
+    const int64_t r = item % s.repeats;
+    const int64_t first = tile * kTokensPerTile;
+    const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
+    std::vector<float> scratch(2 * rows * width);
+    float* a = scratch.data();
+    float* v = a + rows * width;
+    LoadPadded(s, rows, x + first * s.in_width, a);
+    ForwardTile(s, rows, kernel + r * s.factors * s.factor_elements(), a, v,
+                u + first * s.repeats * width + r * width, s.repeats * width);
+  });
+}
+
+// Each tile runs every repeat in order and sums the repeats' input
+// gradients in that order, so dx does not depend on the thread count.
+void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
+                 const float* kernel, const float* du, float* dx,
+                 float* inputs, float* dv) {
+  const int64_t width = s.width();
+  const int64_t b = s.block_size;
+  const int64_t num_factor_blocks = s.repeats * s.factors * s.num_blocks;
+  // The input gradient of a block product multiplies by each block's
+  // transpose.
+  std::vector<float> transposed(num_factor_blocks * s.block_elements());
+  for (int64_t blk = 0; blk < num_factor_blocks; ++blk) {
+    const float* w = kernel + blk * s.block_elements();
+    float* wt = transposed.data() + blk * s.block_elements();
+    for (int64_t i = 0; i < b; ++i) {
+      for (int64_t o = 0; o < b; ++o) wt[o * b + i] = w[i * b + o];
+    }
+  }
+  // Elements of one factor's [NB, M, b] slice of inputs and dv.
+  const int64_t slice = s.num_blocks * s.tokens * b;
+
+  const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  ParallelFor(pool, tiles, [&](int64_t tile) {
+    const int64_t first = tile * kTokensPerTile;
+    const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
+    std::vector<float> scratch(2 * rows * width);
+    for (int64_t r = 0; r < s.repeats; ++r) {
+      float* a = scratch.data();
+      float* v = a + rows * width;
+      LoadPadded(s, rows, x + first * s.in_width, a);
+      for (int64_t f = 0; f < s.factors; ++f) {
+        const int64_t rf = r * s.factors + f;
+        StoreByBlock(s, first, rows, a, inputs + rf * slice);
+        BlockDiagonalMultiply(rows, s.num_blocks, b, a, width,
+                              kernel + rf * s.factor_elements(), v, width);
+        HadamardRows(rows, width, v, width);
+        std::swap(a, v);
+      }
+
+      // a_F's gradient is du; H is symmetric and orthonormal, so the
+      // gradient of v_f is H times that of a_f.
+      float* g = a;
+      for (int64_t m = 0; m < rows; ++m) {
+        std::memcpy(g + m * width,
+                    du + (first + m) * s.repeats * width + r * width,
+                    width * sizeof(float));
+      }
+      for (int64_t f = s.factors - 1; f >= 0; --f) {
+        const int64_t rf = r * s.factors + f;
+        HadamardRows(rows, width, g, width);
+        StoreByBlock(s, first, rows, g, dv + rf * slice);
+        BlockDiagonalMultiply(rows, s.num_blocks, b, g, width,
+                              transposed.data() + rf * s.factor_elements(), v,
+                              width);
+        std::swap(g, v);
+      }
+
+      for (int64_t m = 0; m < rows; ++m) {
+        float* dx_m = dx + (first + m) * s.in_width;
+        const float* g_m = g + m * width;
+        if (r == 0) {
+          std::memcpy(dx_m, g_m, s.in_width * sizeof(float));
+        } else {
+          for (int64_t i = 0; i < s.in_width; ++i) dx_m[i] += g_m[i];
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Shape checks and handlers.
+
+bool IsPowerOfTwo(int64_t n) { return n >= 1 && (n & (n - 1)) == 0; }
+
+ffi::Error Invalid(const char* op, const std::string& what) {
+  return ffi::Error::InvalidArgument(std::string(op) + ": " + what);
+}
+
+// Reads M, d from x [..., M, d] and R, F, NB, b from kernel
+// [..., R, F, NB, b, b].
+ffi::Error ReadBh4Shape(const char* op, Dims x, Dims kernel, Bh4Shape* s) {
+  const size_t xr = x.size();
+  const size_t kr = kernel.size();
+  s->tokens = x[xr - 2];
+  s->in_width = x[xr - 1];
+  s->repeats = kernel[kr - 5];
+  s->factors = kernel[kr - 4];
+  s->num_blocks = kernel[kr - 3];
+  s->block_size = kernel[kr - 2];
+  if (kernel[kr - 1] != s->block_size) {
+    return Invalid(op, "kernel " + ShapeString(kernel) +
+                           " must end in square blocks [..., b, b]");
+  }
+  if (s->repeats < 1 || s->factors < 1 || s->num_blocks < 1 ||
+      !IsPowerOfTwo(s->width())) {
+    return Invalid(op, "kernel " + ShapeString(kernel) +
+                           " must have R, F, NB >= 1 and NB * b a power of two");
+  }
+  if (s->in_width > s->width()) {
+    return Invalid(op, "x " + ShapeString(x) + " is wider than the kernel's " +
+                           std::to_string(s->width()) + " columns (NB * b)");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bh4ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> kernel,
+                          ffi::ResultBuffer<ffi::F32> u) {
+  constexpr const char* kOp = "bh4_transform";
+  BatchIndexer batch;
+  if (auto e = batch.Init(kOp, {x.dimensions(), kernel.dimensions()}, {2, 5},
+                          {"x", "kernel"});
+      e.failure()) {
+    return e;
+  }
+  Bh4Shape s;
+  if (auto e = ReadBh4Shape(kOp, x.dimensions(), kernel.dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  if (!batch.IsOutput(u->dimensions(), {s.tokens, s.repeats * s.width()})) {
+    return Invalid(kOp, "output shape " + ShapeString(u->dimensions()));
+  }
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    Bh4Forward(pool, s, x.typed_data() + batch.Offset(0, i),
+               kernel.typed_data() + batch.Offset(1, i),
+               u->typed_data() + i * s.tokens * s.repeats * s.width());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> du,
+                           ffi::ResultBuffer<ffi::F32> dx,
+                           ffi::ResultBuffer<ffi::F32> inputs,
+                           ffi::ResultBuffer<ffi::F32> dv) {
+  constexpr const char* kOp = "bh4_transform (backward)";
+  BatchIndexer batch;
+  if (auto e = batch.Init(
+          kOp, {x.dimensions(), kernel.dimensions(), du.dimensions()},
+          {2, 5, 2}, {"x", "kernel", "output gradient"});
+      e.failure()) {
+    return e;
+  }
+  Bh4Shape s;
+  if (auto e = ReadBh4Shape(kOp, x.dimensions(), kernel.dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  const std::vector<int64_t> by_block = {s.repeats, s.factors, s.num_blocks,
+                                         s.tokens, s.block_size};
+  if (!batch.IsOutput(du.dimensions(), {s.tokens, s.repeats * s.width()}) ||
+      !batch.IsOutput(dx->dimensions(), {s.tokens, s.in_width}) ||
+      !batch.IsOutput(inputs->dimensions(), by_block) ||
+      !batch.IsOutput(dv->dimensions(), by_block)) {
+    return Invalid(kOp, "unexpected gradient shapes");
+  }
+  const int64_t by_block_size =
+      s.repeats * s.factors * s.num_blocks * s.tokens * s.block_size;
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    Bh4Backward(pool, s, x.typed_data() + batch.Offset(0, i),
+                kernel.typed_data() + batch.Offset(1, i),
+                du.typed_data() + batch.Offset(2, i),
+                dx->typed_data() + i * s.tokens * s.in_width,
+                inputs->typed_data() + i * by_block_size,
+                dv->typed_data() + i * by_block_size);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4FwdHandler, Bh4ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // u
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4BwdHandler, Bh4BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // du
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // inputs
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dv
+);
+
+}  // namespace lookupffn

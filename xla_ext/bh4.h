@@ -1,0 +1,31 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// XLA FFI handlers of the BH4 transform on CPU, registered with
+// jax.ffi.register_ffi_target under the names in module.cc. The math and its
+// pure-jnp oracle are lookupffn_jax.bh4.bh4_transform with
+// implementation="reference".
+//
+// Shapes: M tokens of input width d; a kernel of R repeats, each of F
+// factors, each of NB blocks of b x b; D' = NB * b, a power of two >= d.
+
+#ifndef LOOKUPFFN_XLA_EXT_BH4_H_
+#define LOOKUPFFN_XLA_EXT_BH4_H_
+
+#include "xla/ffi/api/ffi.h"
+
+namespace lookupffn {
+
+// (x f32[..., M, d], kernel f32[..., R, F, NB, b, b]) -> u f32[..., M, R*D']
+XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4FwdHandler);
+
+// (x, kernel, du f32[..., M, R*D'])
+//   -> (dx f32[..., M, d],
+//       inputs f32[..., R, F, NB, M, b], dv f32[..., R, F, NB, M, b])
+// inputs holds each block product's input and dv the gradient of its
+// output, so that dkernel[r, f, n] = inputs[r, f, n]^T dv[r, f, n].
+XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4BwdHandler);
+
+}  // namespace lookupffn
+
+#endif  // LOOKUPFFN_XLA_EXT_BH4_H_
