@@ -127,22 +127,14 @@ def _ffi_bh4_transform_fwd(x_MxD, kernel_RxFxNxBxB):
 
 def _ffi_bh4_transform_bwd(residuals, du):
   x_MxD, kernel_RxFxNxBxB = residuals
-  repeats, num_factors, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape[-5:]
-  num_tokens = x_MxD.shape[-2]
-  by_block = (repeats, num_factors, num_blocks, num_tokens, block_size)
-  dx, inputs, dv = jax.ffi.ffi_call(
+  return jax.ffi.ffi_call(
       "lookupffn_bh4_bwd",
       (
           jax.ShapeDtypeStruct(x_MxD.shape, jnp.float32),
-          jax.ShapeDtypeStruct(by_block, jnp.float32),
-          jax.ShapeDtypeStruct(by_block, jnp.float32),
+          jax.ShapeDtypeStruct(kernel_RxFxNxBxB.shape, jnp.float32),
       ),
       vmap_method=_VMAP_METHOD,
   )(x_MxD, kernel_RxFxNxBxB, du)
-  # The kernel gradient is a reduction over tokens, a matmul per block,
-  # which XLA's dot runs well.
-  dkernel = jnp.einsum("rfnmi,rfnmo->rfnio", inputs, dv)
-  return dx, dkernel
 
 
 _ffi_bh4_transform.defvjp(_ffi_bh4_transform_fwd, _ffi_bh4_transform_bwd)

@@ -55,7 +55,8 @@ def _assert_close(actual, expected, rtol=2e-5):
 
 # (tokens, d, [R, F, NB, b, b]): the 6-row micro-kernel and its tails,
 # 16- and 8-column strips, the scalar path for b < 8, widths below 8 and
-# padded inputs, several tiles of 48 tokens.
+# padded inputs, several tiles of 48 tokens, and more than one backward step
+# of 384 tokens.
 TRANSFORM_CASES = [
     (1, 512, (2, 4, 8, 64, 64)),
     (7, 500, (2, 4, 8, 64, 64)),
@@ -65,6 +66,7 @@ TRANSFORM_CASES = [
     (9, 16, (1, 2, 4, 4, 4)),
     (4, 2, (2, 3, 2, 1, 1)),
     (49, 128, (1, 4, 1, 128, 128)),
+    (800, 32, (1, 4, 2, 16, 16)),
 ]
 
 
@@ -105,7 +107,7 @@ def test_transform_ffi_zero_tokens():
 
 @requires_ffi
 def test_transform_same_result_for_any_thread_count():
-  x, kernel, du = _transform_inputs(2, 200, 512, (2, 4, 8, 64, 64))
+  x, kernel, du = _transform_inputs(2, 500, 512, (2, 4, 8, 64, 64))
   results = []
   try:
     for threads in (1, 2, 3):

@@ -55,13 +55,13 @@ void LoadPadded(const Bh4Shape& s, int64_t rows, const float* x, float* a) {
   }
 }
 
-// Copies tile rows [rows, D'] into a [NB, M, b] slice at token `first`.
-void StoreByBlock(const Bh4Shape& s, int64_t first, int64_t rows,
-                  const float* a, float* out) {
+// Copies tile rows [rows, D'] into a [NB, tokens, b] slice at token `first`.
+void StoreByBlock(const Bh4Shape& s, int64_t tokens, int64_t first,
+                  int64_t rows, const float* a, float* out) {
   const int64_t b = s.block_size;
   for (int64_t n = 0; n < s.num_blocks; ++n) {
     for (int64_t m = 0; m < rows; ++m) {
-      std::memcpy(out + (n * s.tokens + first + m) * b, a + m * s.width() + n * b,
+      std::memcpy(out + (n * tokens + first + m) * b, a + m * s.width() + n * b,
                   b * sizeof(float));
     }
   }
@@ -87,7 +87,8 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
                 const float* kernel, float* u) {
   const int64_t width = s.width();
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
-  // Repeats are separate work items, so a single token still uses R threads.
+  // Repeats are separate work items, so a single token still uses R
+  // threads, each reading its own repeat's blocks.
   ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
     const int64_t tile = item / s.repeats;
     const int64_t r = item % s.repeats;
@@ -102,11 +103,18 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   });
 }
 
-// Each tile runs every repeat in order and sums the repeats' input
-// gradients in that order, so dx does not depend on the thread count.
+// Tokens per step of the backward pass: eight tiles. Each step keeps every
+// block product's input and output gradient for its tokens (12 MiB for
+// R = 2, D' = 512), then adds their products to the kernel gradient.
+constexpr int64_t kTokensPerStep = 8 * kTokensPerTile;
+
+// Within a step, each tile runs every repeat in order and sums the repeats'
+// input gradients in that order; the kernel gradient takes the steps in
+// order and, within a step, the tokens in order. Nothing depends on the
+// thread count.
 void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
                  const float* kernel, const float* du, float* dx,
-                 float* inputs, float* dv) {
+                 float* dkernel) {
   const int64_t width = s.width();
   const int64_t b = s.block_size;
   const int64_t num_factor_blocks = s.repeats * s.factors * s.num_blocks;
@@ -120,56 +128,73 @@ void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
       for (int64_t o = 0; o < b; ++o) wt[o * b + i] = w[i * b + o];
     }
   }
-  // Elements of one factor's [NB, M, b] slice of inputs and dv.
-  const int64_t slice = s.num_blocks * s.tokens * b;
+  std::fill(dkernel, dkernel + num_factor_blocks * s.block_elements(), 0.f);
 
-  const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
-  ParallelFor(pool, tiles, [&](int64_t tile) {
-    const int64_t first = tile * kTokensPerTile;
-    const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
-    std::vector<float> scratch(2 * rows * width);
-    for (int64_t r = 0; r < s.repeats; ++r) {
-      float* a = scratch.data();
-      float* v = a + rows * width;
-      LoadPadded(s, rows, x + first * s.in_width, a);
-      for (int64_t f = 0; f < s.factors; ++f) {
-        const int64_t rf = r * s.factors + f;
-        StoreByBlock(s, first, rows, a, inputs + rf * slice);
-        BlockDiagonalMultiply(rows, s.num_blocks, b, a, width,
-                              kernel + rf * s.factor_elements(), v, width);
-        HadamardRows(rows, width, v, width);
-        std::swap(a, v);
-      }
+  // inputs and dv are [R, F, NB, step tokens, b] for the current step.
+  const int64_t step_capacity = std::min(kTokensPerStep, s.tokens);
+  std::vector<float> inputs(num_factor_blocks * step_capacity * b);
+  std::vector<float> dv(inputs.size());
 
-      // a_F's gradient is du; H is symmetric and orthonormal, so the
-      // gradient of v_f is H times that of a_f.
-      float* g = a;
-      for (int64_t m = 0; m < rows; ++m) {
-        std::memcpy(g + m * width,
-                    du + (first + m) * s.repeats * width + r * width,
-                    width * sizeof(float));
-      }
-      for (int64_t f = s.factors - 1; f >= 0; --f) {
-        const int64_t rf = r * s.factors + f;
-        HadamardRows(rows, width, g, width);
-        StoreByBlock(s, first, rows, g, dv + rf * slice);
-        BlockDiagonalMultiply(rows, s.num_blocks, b, g, width,
-                              transposed.data() + rf * s.factor_elements(), v,
-                              width);
-        std::swap(g, v);
-      }
+  for (int64_t step = 0; step < s.tokens; step += kTokensPerStep) {
+    const int64_t step_tokens = std::min(kTokensPerStep, s.tokens - step);
+    const int64_t slice = s.num_blocks * step_tokens * b;  // one (r, f)
+    const int64_t tiles = (step_tokens + kTokensPerTile - 1) / kTokensPerTile;
+    ParallelFor(pool, tiles, [&](int64_t tile) {
+      const int64_t first = tile * kTokensPerTile;
+      const int64_t rows = std::min(kTokensPerTile, step_tokens - first);
+      const int64_t token = step + first;
+      std::vector<float> scratch(2 * rows * width);
+      for (int64_t r = 0; r < s.repeats; ++r) {
+        float* a = scratch.data();
+        float* v = a + rows * width;
+        LoadPadded(s, rows, x + token * s.in_width, a);
+        for (int64_t f = 0; f < s.factors; ++f) {
+          const int64_t rf = r * s.factors + f;
+          StoreByBlock(s, step_tokens, first, rows, a,
+                       inputs.data() + rf * slice);
+          BlockDiagonalMultiply(rows, s.num_blocks, b, a, width,
+                                kernel + rf * s.factor_elements(), v, width);
+          HadamardRows(rows, width, v, width);
+          std::swap(a, v);
+        }
 
-      for (int64_t m = 0; m < rows; ++m) {
-        float* dx_m = dx + (first + m) * s.in_width;
-        const float* g_m = g + m * width;
-        if (r == 0) {
-          std::memcpy(dx_m, g_m, s.in_width * sizeof(float));
-        } else {
-          for (int64_t i = 0; i < s.in_width; ++i) dx_m[i] += g_m[i];
+        // a_F's gradient is du; H is symmetric and orthonormal, so the
+        // gradient of v_f is H times that of a_f.
+        float* g = a;
+        for (int64_t m = 0; m < rows; ++m) {
+          std::memcpy(g + m * width,
+                      du + (token + m) * s.repeats * width + r * width,
+                      width * sizeof(float));
+        }
+        for (int64_t f = s.factors - 1; f >= 0; --f) {
+          const int64_t rf = r * s.factors + f;
+          HadamardRows(rows, width, g, width);
+          StoreByBlock(s, step_tokens, first, rows, g, dv.data() + rf * slice);
+          BlockDiagonalMultiply(rows, s.num_blocks, b, g, width,
+                                transposed.data() + rf * s.factor_elements(),
+                                v, width);
+          std::swap(g, v);
+        }
+
+        for (int64_t m = 0; m < rows; ++m) {
+          float* dx_m = dx + (token + m) * s.in_width;
+          const float* g_m = g + m * width;
+          if (r == 0) {
+            std::memcpy(dx_m, g_m, s.in_width * sizeof(float));
+          } else {
+            for (int64_t i = 0; i < s.in_width; ++i) dx_m[i] += g_m[i];
+          }
         }
       }
-    }
-  });
+    });
+    // dkernel[r, f, n] += inputs[r, f, n]^T dv[r, f, n], one block a task.
+    ParallelFor(pool, num_factor_blocks, [&](int64_t blk) {
+      const int64_t offset = blk * step_tokens * b;
+      AddTransposedProduct(b, step_tokens, inputs.data() + offset,
+                           dv.data() + offset,
+                           dkernel + blk * s.block_elements());
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -238,8 +263,7 @@ ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::Buffer<ffi::F32> kernel,
                            ffi::Buffer<ffi::F32> du,
                            ffi::ResultBuffer<ffi::F32> dx,
-                           ffi::ResultBuffer<ffi::F32> inputs,
-                           ffi::ResultBuffer<ffi::F32> dv) {
+                           ffi::ResultBuffer<ffi::F32> dkernel) {
   constexpr const char* kOp = "bh4_transform (backward)";
   BatchIndexer batch;
   if (auto e = batch.Init(
@@ -253,23 +277,20 @@ ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       e.failure()) {
     return e;
   }
-  const std::vector<int64_t> by_block = {s.repeats, s.factors, s.num_blocks,
-                                         s.tokens, s.block_size};
   if (!batch.IsOutput(du.dimensions(), {s.tokens, s.repeats * s.width()}) ||
       !batch.IsOutput(dx->dimensions(), {s.tokens, s.in_width}) ||
-      !batch.IsOutput(inputs->dimensions(), by_block) ||
-      !batch.IsOutput(dv->dimensions(), by_block)) {
+      !batch.IsOutput(dkernel->dimensions(),
+                      {s.repeats, s.factors, s.num_blocks, s.block_size,
+                       s.block_size})) {
     return Invalid(kOp, "unexpected gradient shapes");
   }
-  const int64_t by_block_size =
-      s.repeats * s.factors * s.num_blocks * s.tokens * s.block_size;
+  const int64_t kernel_size = s.repeats * s.factors * s.factor_elements();
   for (int64_t i = 0; i < batch.size(); ++i) {
     Bh4Backward(pool, s, x.typed_data() + batch.Offset(0, i),
                 kernel.typed_data() + batch.Offset(1, i),
                 du.typed_data() + batch.Offset(2, i),
                 dx->typed_data() + i * s.tokens * s.in_width,
-                inputs->typed_data() + i * by_block_size,
-                dv->typed_data() + i * by_block_size);
+                dkernel->typed_data() + i * kernel_size);
   }
   return ffi::Error::Success();
 }
@@ -291,8 +312,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4BwdHandler, Bh4BackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kernel
                                   .Arg<ffi::Buffer<ffi::F32>>()  // du
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // inputs
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dv
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dkernel
 );
 
 }  // namespace lookupffn

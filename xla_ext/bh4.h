@@ -20,10 +20,7 @@ namespace lookupffn {
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4FwdHandler);
 
 // (x, kernel, du f32[..., M, R*D'])
-//   -> (dx f32[..., M, d],
-//       inputs f32[..., R, F, NB, M, b], dv f32[..., R, F, NB, M, b])
-// inputs holds each block product's input and dv the gradient of its
-// output, so that dkernel[r, f, n] = inputs[r, f, n]^T dv[r, f, n].
+//   -> (dx f32[..., M, d], dkernel f32[..., R, F, NB, b, b])
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4BwdHandler);
 
 }  // namespace lookupffn

@@ -35,6 +35,17 @@ void BlockDiagonalMultiplyScalar(int64_t rows, int64_t num_blocks,
   }
 }
 
+void AddTransposedProductScalar(int64_t n, int64_t k, const float* a,
+                                const float* b, float* c) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t o = 0; o < n; ++o) {
+      float sum = c[i * n + o];
+      for (int64_t p = 0; p < k; ++p) sum += a[p * n + i] * b[p * n + o];
+      c[i * n + o] = sum;
+    }
+  }
+}
+
 // One butterfly stage: (a, b) -> (a + b, a - b) for entries h apart.
 void HadamardStageScalar(int64_t width, int64_t h, float* x) {
   for (int64_t start = 0; start < width; start += 2 * h) {
@@ -59,28 +70,42 @@ void HadamardRowsScalar(int64_t rows, int64_t width, float* data,
 
 #ifdef LOOKUPFFN_HAVE_X86
 
-// C[MR, 8 NV] = A[MR, k] B[k, 8 NV] for MR <= 6 and NV <= 2; A's rows are
-// a_stride apart, B's and C's rows b_stride and c_stride. Each C entry is
-// one FMA chain over k in increasing order. The accumulators are named
-// variables rather than an array, because GCC keeps an array of vectors in
-// memory and stores it on every iteration.
-template <int MR, int NV>
+// C[MR, 8 NV] = A[MR, k] B[k, 8 NV] for MR <= 6 and NV <= 2, or C += A B
+// when Accumulate. A(i, p) is a[i * a_stride + p * a_step]; B's and C's
+// rows are b_stride and c_stride apart. Each C entry is one FMA chain over
+// p in increasing order. The accumulators are named variables rather than
+// an array, because GCC keeps an array of vectors in memory and stores it on
+// every iteration.
+template <int MR, int NV, bool Accumulate = false>
 __attribute__((target("avx2,fma"))) inline void MicroKernelAvx2(
-    int64_t k, const float* a, int64_t a_stride, const float* b,
-    int64_t b_stride, float* c, int64_t c_stride) {
+    int64_t k, const float* a, int64_t a_stride, int64_t a_step,
+    const float* b, int64_t b_stride, float* c, int64_t c_stride) {
   static_assert(1 <= MR && MR <= 6 && 1 <= NV && NV <= 2);
   const __m256 zero = _mm256_setzero_ps();
   __m256 c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero,
          c21 = zero, c30 = zero, c31 = zero, c40 = zero, c41 = zero,
          c50 = zero, c51 = zero;
+#define LOOKUPFFN_LOAD(i)                                                   \
+  if constexpr (Accumulate && MR > i) {                                     \
+    c##i##0 = _mm256_loadu_ps(c + i * c_stride);                            \
+    if constexpr (NV > 1) c##i##1 = _mm256_loadu_ps(c + i * c_stride + 8);  \
+  }
+  LOOKUPFFN_LOAD(0)
+  LOOKUPFFN_LOAD(1)
+  LOOKUPFFN_LOAD(2)
+  LOOKUPFFN_LOAD(3)
+  LOOKUPFFN_LOAD(4)
+  LOOKUPFFN_LOAD(5)
+#undef LOOKUPFFN_LOAD
   for (int64_t p = 0; p < k; ++p) {
+    const float* a_p = a + p * a_step;
     const float* b_p = b + p * b_stride;
     const __m256 b0 = _mm256_loadu_ps(b_p);
     const __m256 b1 = NV > 1 ? _mm256_loadu_ps(b_p + 8) : zero;
-#define LOOKUPFFN_ROW(i)                                             \
-  if constexpr (MR > i) {                                            \
-    const __m256 a_i = _mm256_broadcast_ss(a + i * a_stride + p);    \
-    c##i##0 = _mm256_fmadd_ps(a_i, b0, c##i##0);                     \
+#define LOOKUPFFN_ROW(i)                                               \
+  if constexpr (MR > i) {                                              \
+    const __m256 a_i = _mm256_broadcast_ss(a_p + i * a_stride);        \
+    c##i##0 = _mm256_fmadd_ps(a_i, b0, c##i##0);                       \
     if constexpr (NV > 1) c##i##1 = _mm256_fmadd_ps(a_i, b1, c##i##1); \
   }
     LOOKUPFFN_ROW(0)
@@ -105,48 +130,115 @@ __attribute__((target("avx2,fma"))) inline void MicroKernelAvx2(
 #undef LOOKUPFFN_STORE
 }
 
+// One row of C[1, 8 NV] = A[1, k] B[k, 8 NV] for NV <= 8, with the same FMA
+// chains as MicroKernelAvx2. Up to 8 independent chains hide most of the
+// FMA latency when fewer than six rows are left, such as for a single token.
+template <int NV>
+__attribute__((target("avx2,fma"))) inline void RowKernelAvx2(
+    int64_t k, const float* a, const float* b, int64_t b_stride, float* c) {
+  static_assert(1 <= NV && NV <= 8);
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 c0 = zero, c1 = zero, c2 = zero, c3 = zero, c4 = zero, c5 = zero,
+         c6 = zero, c7 = zero;
+  for (int64_t p = 0; p < k; ++p) {
+    const float* b_p = b + p * b_stride;
+    const __m256 a_p = _mm256_broadcast_ss(a + p);
+#define LOOKUPFFN_COLUMN(j) \
+  if constexpr (NV > j) c##j = _mm256_fmadd_ps(a_p, _mm256_loadu_ps(b_p + 8 * j), c##j);
+    LOOKUPFFN_COLUMN(0)
+    LOOKUPFFN_COLUMN(1)
+    LOOKUPFFN_COLUMN(2)
+    LOOKUPFFN_COLUMN(3)
+    LOOKUPFFN_COLUMN(4)
+    LOOKUPFFN_COLUMN(5)
+    LOOKUPFFN_COLUMN(6)
+    LOOKUPFFN_COLUMN(7)
+#undef LOOKUPFFN_COLUMN
+  }
+#define LOOKUPFFN_STORE(j) \
+  if constexpr (NV > j) _mm256_storeu_ps(c + 8 * j, c##j);
+  LOOKUPFFN_STORE(0)
+  LOOKUPFFN_STORE(1)
+  LOOKUPFFN_STORE(2)
+  LOOKUPFFN_STORE(3)
+  LOOKUPFFN_STORE(4)
+  LOOKUPFFN_STORE(5)
+  LOOKUPFFN_STORE(6)
+  LOOKUPFFN_STORE(7)
+#undef LOOKUPFFN_STORE
+}
+
 // Six rows by 16 columns keeps 12 accumulators in flight, enough to cover
 // the FMA latency on current x86 cores with 16 vector registers.
 constexpr int64_t kMicroRows = 6;
 
-template <int NV>
-__attribute__((target("avx2,fma"))) void ColumnStripAvx2(
-    int64_t rows, int64_t k, const float* a, int64_t a_stride, const float* b,
-    int64_t b_stride, float* c, int64_t c_stride) {
-  int64_t m = 0;
-  for (; m + kMicroRows <= rows; m += kMicroRows) {
-    MicroKernelAvx2<kMicroRows, NV>(k, a + m * a_stride, a_stride, b, b_stride,
-                                    c + m * c_stride, c_stride);
-  }
-  a += m * a_stride;
-  c += m * c_stride;
-  switch (rows - m) {
-    case 5: return MicroKernelAvx2<5, NV>(k, a, a_stride, b, b_stride, c, c_stride);
-    case 4: return MicroKernelAvx2<4, NV>(k, a, a_stride, b, b_stride, c, c_stride);
-    case 3: return MicroKernelAvx2<3, NV>(k, a, a_stride, b, b_stride, c, c_stride);
-    case 2: return MicroKernelAvx2<2, NV>(k, a, a_stride, b, b_stride, c, c_stride);
-    case 1: return MicroKernelAvx2<1, NV>(k, a, a_stride, b, b_stride, c, c_stride);
-    default: return;
-  }
-}
-
-// Needs block_size to be a multiple of 8.
+// Needs block_size to be a multiple of 8. Groups of six rows go through the
+// 6 x 16 kernel one strip of 16 columns at a time, so that strip of the
+// block (b x 16 floats) stays in L1 while the rows pass over it; each
+// leftover row goes through the one-row kernel, 64 columns at a time.
 __attribute__((target("avx2,fma"))) void BlockDiagonalMultiplyAvx2(
     int64_t rows, int64_t num_blocks, int64_t block_size, const float* in,
     int64_t in_stride, const float* blocks, float* out, int64_t out_stride) {
   const int64_t b = block_size;
+  const int64_t grouped = rows - rows % kMicroRows;
   for (int64_t n = 0; n < num_blocks; ++n) {
     const float* x = in + n * b;
     const float* w = blocks + n * b * b;
     float* y = out + n * b;
-    // One strip of the block's columns at a time, so that strip of w (b x 16
-    // floats) stays in L1 while every row passes over it.
-    int64_t o = 0;
-    for (; o + 16 <= b; o += 16) {
-      ColumnStripAvx2<2>(rows, b, x, in_stride, w + o, b, y + o, out_stride);
+    for (int64_t o = 0; o < b; o += 16) {
+      for (int64_t m = 0; m < grouped; m += kMicroRows) {
+        const float* a = x + m * in_stride;
+        float* c = y + m * out_stride + o;
+        if (o + 16 <= b) {
+          MicroKernelAvx2<kMicroRows, 2>(b, a, in_stride, 1, w + o, b, c,
+                                         out_stride);
+        } else {
+          MicroKernelAvx2<kMicroRows, 1>(b, a, in_stride, 1, w + o, b, c,
+                                         out_stride);
+        }
+      }
     }
-    if (o < b) {
-      ColumnStripAvx2<1>(rows, b, x, in_stride, w + o, b, y + o, out_stride);
+    for (int64_t m = grouped; m < rows; ++m) {
+      const float* a = x + m * in_stride;
+      float* c = y + m * out_stride;
+      int64_t o = 0;
+      for (; o + 64 <= b; o += 64) RowKernelAvx2<8>(b, a, w + o, b, c + o);
+      switch ((b - o) / 8) {
+        case 7: RowKernelAvx2<7>(b, a, w + o, b, c + o); break;
+        case 6: RowKernelAvx2<6>(b, a, w + o, b, c + o); break;
+        case 5: RowKernelAvx2<5>(b, a, w + o, b, c + o); break;
+        case 4: RowKernelAvx2<4>(b, a, w + o, b, c + o); break;
+        case 3: RowKernelAvx2<3>(b, a, w + o, b, c + o); break;
+        case 2: RowKernelAvx2<2>(b, a, w + o, b, c + o); break;
+        case 1: RowKernelAvx2<1>(b, a, w + o, b, c + o); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// Needs n to be a multiple of 8. C is cut into 6 x 16 tiles, each
+// accumulated in registers over all k rows of A and B.
+__attribute__((target("avx2,fma"))) void AddTransposedProductAvx2(
+    int64_t n, int64_t k, const float* a, const float* b, float* c) {
+  for (int64_t o = 0; o < n; o += 16) {
+    const bool full = o + 16 <= n;
+    int64_t i = 0;
+    for (; i + kMicroRows <= n; i += kMicroRows) {
+      if (full) {
+        MicroKernelAvx2<kMicroRows, 2, true>(k, a + i, 1, n, b + o, n,
+                                             c + i * n + o, n);
+      } else {
+        MicroKernelAvx2<kMicroRows, 1, true>(k, a + i, 1, n, b + o, n,
+                                             c + i * n + o, n);
+      }
+    }
+    for (; i < n; ++i) {
+      if (full) {
+        MicroKernelAvx2<1, 2, true>(k, a + i, 1, n, b + o, n, c + i * n + o, n);
+      } else {
+        MicroKernelAvx2<1, 1, true>(k, a + i, 1, n, b + o, n, c + i * n + o, n);
+      }
     }
   }
 }
@@ -201,6 +293,16 @@ void BlockDiagonalMultiply(int64_t rows, int64_t num_blocks, int64_t block_size,
 #endif
   BlockDiagonalMultiplyScalar(rows, num_blocks, block_size, in, in_stride,
                               blocks, out, out_stride);
+}
+
+void AddTransposedProduct(int64_t n, int64_t k, const float* a,
+                          const float* b, float* c) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (simd::Avx2Active() && n % 8 == 0) {
+    return AddTransposedProductAvx2(n, k, a, b, c);
+  }
+#endif
+  AddTransposedProductScalar(n, k, a, b, c);
 }
 
 void HadamardRows(int64_t rows, int64_t width, float* data, int64_t stride) {

@@ -23,6 +23,12 @@ void BlockDiagonalMultiply(int64_t rows, int64_t num_blocks, int64_t block_size,
                            const float* in, int64_t in_stride,
                            const float* blocks, float* out, int64_t out_stride);
 
+// c[i, o] += sum_p a[p, i] * b[p, o] for i, o < n and p < k, summed over p
+// in increasing order after the existing value; a and b are [k, n] and c is
+// [n, n], all row-major. This is the gradient of a block's entries.
+void AddTransposedProduct(int64_t n, int64_t k, const float* a,
+                          const float* b, float* c);
+
 // Replaces each of `rows` rows of `width` floats, `stride` floats apart, by
 // its orthonormal Walsh-Hadamard transform H x / sqrt(width) (Sylvester
 // order). width must be a power of two.
