@@ -201,18 +201,53 @@ def bh4_transform(
   return u.reshape(batch_shape + (repeats * padded,))
 
 
+def _householder_orthogonal(gaussian: jax.Array) -> jax.Array:
+  """Returns the Q of the QR decomposition of each trailing square matrix.
+
+  Q is scaled column by column so that R has a positive diagonal, which
+  makes Q uniform on the orthogonal group (Haar) when the input is standard
+  normal. The decomposition is Householder's, in jnp: b reflections, each
+  an O(b^2) update, all under one `fori_loop`.
+  """
+  size = gaussian.shape[-1]
+  rows = jnp.arange(size)
+
+  def reflect(k, carry):
+    r, q = carry
+    # The reflection maps column k of r, from row k down, onto alpha e_k.
+    x = jnp.where(rows >= k, r[..., :, k], 0.0)
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    x_k = jnp.take(x, k, axis=-1)[..., None]
+    alpha = -jnp.where(x_k >= 0, 1.0, -1.0) * norm
+    v = x - alpha * (rows == k)
+    v_norm = jnp.linalg.norm(v, axis=-1, keepdims=True)
+    v = v / jnp.where(v_norm > 0, v_norm, 1.0)
+    r = r - 2.0 * v[..., :, None] * jnp.einsum("...i,...ij->...j", v, r)[..., None, :]
+    q = q - 2.0 * jnp.einsum("...ij,...j->...i", q, v)[..., :, None] * v[..., None, :]
+    return r, q
+
+  identity = jnp.broadcast_to(jnp.eye(size, dtype=gaussian.dtype), gaussian.shape)
+  r, q = jax.lax.fori_loop(0, size, reflect, (gaussian, identity))
+  signs = jnp.where(jnp.diagonal(r, axis1=-2, axis2=-1) >= 0, 1.0, -1.0)
+  return q * signs[..., None, :]
+
+
 def orthogonal_blocks_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
   """Draws each trailing `[b, b]` matrix uniformly from the orthogonal group.
 
   An orthogonal block followed by the orthonormal Hadamard transform keeps the
   norm of every vector, so BH4 at initialisation keeps the input variance.
+
+  The draw is the Q of a standard normal matrix, as in
+  `jax.random.orthogonal`, but from a jnp Householder decomposition: on CPU
+  jaxlib 0.10's LAPACK QR can deadlock when XLA runs several of its calls at
+  once, as it does when a model with several BH4 layers is initialised under
+  `jax.jit`.
   """
   if len(shape) < 2 or shape[-1] != shape[-2]:
     raise ValueError(f"orthogonal_blocks_init requires shape [..., b, b], got {shape}")
-  # The QR decomposition behind jax.random.orthogonal has no bfloat16 kernel
-  # on CPU, so the blocks are drawn in float32 and cast.
-  blocks = jax.random.orthogonal(key, shape[-1], shape[:-2], dtype=jnp.float32)
-  return blocks.astype(dtype)
+  gaussian = jax.random.normal(key, shape, jnp.float32)
+  return _householder_orthogonal(gaussian).astype(dtype)
 
 
 def bh4_flops(in_features: int, out_features: int, block_size: int) -> int:

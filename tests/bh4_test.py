@@ -86,6 +86,26 @@ def test_flops_below_dense():
   assert bh4.bh4_flops(512, 1024, 64) < 2 * 512 * 1024
 
 
+def test_orthogonal_init_is_q_of_gaussian():
+  # The same draw as a QR of the standard normal matrix with R's diagonal
+  # made positive, the construction of jax.random.orthogonal.
+  key = jax.random.key(3)
+  gaussian = np.asarray(jax.random.normal(key, (5, 16, 16), jnp.float32), np.float64)
+  q, r = np.linalg.qr(gaussian)
+  expected = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+  np.testing.assert_allclose(
+      bh4.orthogonal_blocks_init(key, (5, 16, 16)), expected, atol=2e-5
+  )
+
+
+def test_orthogonal_init_needs_no_lapack():
+  # jaxlib's CPU LAPACK QR can deadlock when several calls run at once.
+  hlo = jax.jit(
+      bh4.orthogonal_blocks_init, static_argnums=(1,)
+  ).lower(jax.random.key(0), (2, 4, 8, 8)).as_text()
+  assert "lapack" not in hlo.lower()
+
+
 def test_blocks_orthogonal_at_init():
   layer = bh4.BH4(out_features=32, block_size=8)
   params, _ = _init_and_apply(layer, jnp.ones((1, 32)))
