@@ -13,8 +13,21 @@ from benchmarks import report
 from benchmarks import settings as settings_lib
 from benchmarks import timing
 
-_FFN_TYPES = ("dense", "lookup_bh4", "lookup_dense")
+# name: (RobertaConfig.small_512 ffn, table dtype). The bfloat16 model
+# stores its tables in bfloat16, as for inference.
+_MODELS = {
+    "dense": ("dense", jnp.float32),
+    "lookup_bh4": ("lookup_bh4", jnp.float32),
+    "lookup_bh4_bf16": ("lookup_bh4", jnp.bfloat16),
+    "lookup_dense": ("lookup_dense", jnp.float32),
+}
 _BASELINE = "dense"
+
+# The MLM head modes: logits at every position, or only at the masked
+# positions (15%, as in pretraining), as a fill-mask or evaluation pass
+# computes them with `prediction_positions_BxP`.
+_MODES = ("all positions", "15% positions")
+_MASKED_PERCENT = 15
 
 # Token ids are drawn above RoBERTa's special ids 0 to 3.
 _FIRST_ORDINARY_ID = 4
@@ -23,13 +36,33 @@ _FIRST_ORDINARY_ID = 4
 def _ffn_share_note(seq_len: int) -> str:
   """Returns the FFN's share of the analytic forward FLOPs of each model."""
   shares = []
-  for ffn in _FFN_TYPES:
+  for ffn in ("dense", "lookup_bh4", "lookup_dense"):
     counts = models.flops_per_token(models.RobertaConfig.small_512(ffn=ffn), seq_len)
     shares.append(
         f"{ffn} {counts['total'] / 1e6:.0f} MFLOP/token, of which FFN"
         f" {100 * counts['ffn'] / counts['total']:.0f}%"
     )
-  return f"Analytic forward cost at sequence length {seq_len}: " + "; ".join(shares) + "."
+  return (
+      f"Analytic forward cost at sequence length {seq_len}, logits at every"
+      " position: " + "; ".join(shares) + "."
+  )
+
+
+def _store_tables(params, dtype):
+  """Returns `params` with every LookupFFN `tables` leaf cast to `dtype`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf.astype(dtype)
+      if getattr(path[-1], "key", None) == "tables"
+      else leaf,
+      params,
+  )
+
+
+def _prediction_positions(batch: int, seq_len: int) -> jax.Array:
+  """Returns `[batch, P]` evenly spaced positions, P = ceil(15% of seq_len)."""
+  count = max(1, -(-_MASKED_PERCENT * seq_len // 100))
+  positions = jnp.linspace(0, seq_len - 1, count).astype(jnp.int32)
+  return jnp.broadcast_to(positions, (batch, count))
 
 
 def run(settings: settings_lib.Settings) -> list[report.Table]:
@@ -37,80 +70,104 @@ def run(settings: settings_lib.Settings) -> list[report.Table]:
   table = report.Table(
       section="end_to_end",
       title="End to end: RobertaForMaskedLM(RobertaConfig.small_512(ffn)) inference",
-      columns=["batch × seq", "ffn", "time per batch", "tokens/s", "speedup vs dense"],
+      columns=["batch × seq", "MLM head", "model", "time per batch", "tokens/s",
+               "speedup vs dense"],
       notes=[
-          "Time per call of `jax.jit(model.apply)` with deterministic=True,"
-          " returning the float32 logits [batch, seq, 32768]; every token is"
-          " real (attention mask of ones). tokens/s = batch × seq / time.",
+          "Time per call of `jax.jit(model.apply)` with deterministic=True;"
+          " every token is real (attention mask of ones). tokens/s = batch ×"
+          " seq / time. \"all positions\" returns float32 logits"
+          " [batch, seq, 32768]; \"15% positions\" passes"
+          " prediction_positions_BxP with ceil(0.15 × seq) positions per"
+          " sequence and returns logits for those alone.",
           "small_512: 4 layers, d=512, 8 heads, vocabulary 32768; dense FFN"
           " hidden 2048; LookupFFN 128 tables of 256 rows, BH4 block 64."
-          " The LookupFFN models run the FFI kernels (implementation=\"auto\").",
+          " The LookupFFN models run the FFI kernels (implementation=\"auto\")."
+          " lookup_bh4_bf16 is lookup_bh4 with table_dtype=bfloat16 and its"
+          " tables stored in bfloat16.",
       ],
   )
-  models_by_ffn = {
-      ffn: models.RobertaForMaskedLM(models.RobertaConfig.small_512(ffn=ffn))
-      for ffn in _FFN_TYPES
+  models_by_name = {
+      name: models.RobertaForMaskedLM(
+          models.RobertaConfig.small_512(ffn=ffn, table_dtype=table_dtype)
+      )
+      for name, (ffn, table_dtype) in _MODELS.items()
   }
   vocab_size = models.RobertaConfig.small_512().vocab_size
   init_ids = jnp.full((1, 8), _FIRST_ORDINARY_ID, jnp.int32)
-  params = {
-      ffn: jax.jit(model.init)(jax.random.key(settings.seed), init_ids, jnp.ones_like(init_ids))
-      for ffn, model in models_by_ffn.items()
-  }
+  params = {}
+  for name, model in models_by_name.items():
+    initial = jax.jit(model.init)(
+        jax.random.key(settings.seed), init_ids, jnp.ones_like(init_ids)
+    )
+    table_dtype = _MODELS[name][1]
+    params[name] = (
+        initial if table_dtype == jnp.float32 else _store_tables(initial, table_dtype)
+    )
 
   for batch, seq_len in settings.model_batches:
-    logging.info("end_to_end: batch %d x %d", batch, seq_len)
     input_ids = jax.random.randint(
         jax.random.key(settings.seed + 1), (batch, seq_len), _FIRST_ORDINARY_ID,
         vocab_size, jnp.int32,
     )
     mask = jnp.ones_like(input_ids)
-    candidates = {}
-    skipped = {}
-    for ffn, model in models_by_ffn.items():
-      apply = lambda params, ids, mask, model=model: model.apply(
-          params, ids, mask, deterministic=True
+    for mode in _MODES:
+      logging.info("end_to_end: batch %d x %d, %s", batch, seq_len, mode)
+      positions = (
+          None if mode == "all positions" else _prediction_positions(batch, seq_len)
       )
-      call, needed = timing.compile_within_budget(
-          apply, (params[ffn], input_ids, mask), settings.max_memory_bytes
-      )
-      if call is None:
-        skipped[ffn] = needed
-      else:
-        candidates[ffn] = call
-
-    timings = {}
-    if candidates:
-      timings = timing.time_interleaved(
-          candidates,
-          repeats=settings.repeats,
-          min_repeat_seconds=settings.min_repeat_seconds,
-      )
-
-    num_tokens = batch * seq_len
-    for ffn in _FFN_TYPES:
-      shape = f"{batch} × {seq_len}"
-      record = {"batch": batch, "seq_len": seq_len, "ffn": ffn}
-      if ffn not in timings:
-        record["skipped_bytes"] = skipped[ffn]
-        table.add_row(
-            [shape, ffn, report.skipped_cell(skipped[ffn]), "–", "–"], record
-        )
-        continue
-      seconds = timings[ffn].summary
-      tokens_per_second = timings[ffn].rate(num_tokens)
-      record.update(seconds=seconds.as_dict(), tokens_per_second=tokens_per_second.as_dict())
-      speedup_cell = "–"
-      if ffn != _BASELINE and _BASELINE in timings:
-        speedup = timing.speedup(timings[_BASELINE], timings[ffn])
-        record["speedup_vs_dense"] = speedup.as_dict()
-        speedup_cell = report.format_ratio(speedup)
-      table.add_row(
-          [shape, ffn, report.format_seconds(seconds),
-           report.format_rate(tokens_per_second, "tokens/s"), speedup_cell],
-          record,
-      )
+      _time_case(table, models_by_name, params, input_ids, mask, positions, mode,
+                 settings)
 
   for seq_len in sorted({seq_len for _, seq_len in settings.model_batches}):
     table.notes.append(_ffn_share_note(seq_len))
   return [table]
+
+
+def _time_case(table, models_by_name, params, input_ids, mask, positions, mode,
+               settings) -> None:
+  """Times every model on one batch and MLM head mode, interleaved."""
+  candidates = {}
+  skipped = {}
+  for name, model in models_by_name.items():
+    apply = lambda params, ids, mask, positions, model=model: model.apply(
+        params, ids, mask, deterministic=True, prediction_positions_BxP=positions
+    )
+    call, needed = timing.compile_within_budget(
+        apply, (params[name], input_ids, mask, positions), settings.max_memory_bytes
+    )
+    if call is None:
+      skipped[name] = needed
+    else:
+      candidates[name] = call
+
+  timings = {}
+  if candidates:
+    timings = timing.time_interleaved(
+        candidates,
+        repeats=settings.repeats,
+        min_repeat_seconds=settings.min_repeat_seconds,
+    )
+
+  batch, seq_len = input_ids.shape
+  shape = f"{batch} × {seq_len}"
+  for name in _MODELS:
+    record = {"batch": batch, "seq_len": seq_len, "mlm_head": mode, "model": name}
+    if name not in timings:
+      record["skipped_bytes"] = skipped[name]
+      table.add_row(
+          [shape, mode, name, report.skipped_cell(skipped[name]), "–", "–"], record
+      )
+      continue
+    seconds = timings[name].summary
+    tokens_per_second = timings[name].rate(batch * seq_len)
+    record.update(seconds=seconds.as_dict(), tokens_per_second=tokens_per_second.as_dict())
+    speedup_cell = "–"
+    if name != _BASELINE and _BASELINE in timings:
+      speedup = timing.speedup(timings[_BASELINE], timings[name])
+      record["speedup_vs_dense"] = speedup.as_dict()
+      speedup_cell = report.format_ratio(speedup)
+    table.add_row(
+        [shape, mode, name, report.format_seconds(seconds),
+         report.format_rate(tokens_per_second, "tokens/s"), speedup_cell],
+        record,
+    )

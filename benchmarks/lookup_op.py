@@ -122,7 +122,59 @@ def run_forward(settings: settings_lib.Settings) -> list[report.Table]:
     _compare(table, num_tokens, calls, settings, [], {})
 
   _note_skips(table, settings)
-  return [table]
+  return [table, _forward_bf16(settings, tables)]
+
+
+def _forward_bf16(settings: settings_lib.Settings, tables: jax.Array) -> report.Table:
+  """Times the FFI forward with the tables stored in bfloat16 against float32."""
+  table = report.Table(
+      section="lookup_fwd",
+      title=(
+          "lookup forward: bfloat16 vs float32 tables, both FFI"
+          f" ({_SHAPE.removesuffix(', float32')})"
+      ),
+      columns=["tokens N", "float32 tables", "bfloat16 tables", "bf16 speedup",
+               "max abs diff", "max abs y"],
+      notes=[
+          "Time per call of `jax.jit(lookup)` with implementation=\"ffi\"; the"
+          " bfloat16 tables are a cast copy of the float32 ones, made before"
+          " timing. Both sum in float32; the difference is the rounding of"
+          " the table entries to bfloat16.",
+      ],
+  )
+  tables_by_dtype = {"float32": tables, "bfloat16": tables.astype(jnp.bfloat16)}
+  forward = functools.partial(lookupffn_jax.lookup, implementation="ffi")
+  for num_tokens in settings.tokens:
+    logging.info("lookup_fwd: bfloat16 tables N=%d", num_tokens)
+    z = make_projections(num_tokens, settings.seed)
+    candidates = {
+        name: timing.compile_within_budget(forward, (z, t), settings.max_memory_bytes)[0]
+        for name, t in tables_by_dtype.items()
+    }
+    timings = timing.time_interleaved(
+        candidates,
+        repeats=settings.repeats,
+        min_repeat_seconds=settings.min_repeat_seconds,
+        keep_warmup_outputs=True,
+    )
+    speedup = timing.speedup(timings["float32"], timings["bfloat16"])
+    difference = _max_abs_difference(
+        timings["bfloat16"].warmup_output, timings["float32"].warmup_output
+    )
+    largest = float(np.max(np.abs(np.asarray(timings["float32"].warmup_output))))
+    table.add_row(
+        [str(num_tokens),
+         report.format_seconds(timings["float32"].summary),
+         report.format_seconds(timings["bfloat16"].summary),
+         report.format_ratio(speedup), f"{difference:.1e}", f"{largest:.1e}"],
+        {"tokens": num_tokens,
+         "float32_seconds": timings["float32"].summary.as_dict(),
+         "bfloat16_seconds": timings["bfloat16"].summary.as_dict(),
+         "bf16_speedup": speedup.as_dict(),
+         "max_abs_difference": difference,
+         "max_abs_output": largest},
+    )
+  return table
 
 
 def _gradient_fn(estimator: str, implementation: str):
