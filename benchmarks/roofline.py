@@ -1,6 +1,10 @@
 # Copyright 2026 The lookupffn-jax Authors.
 # SPDX-License-Identifier: Apache-2.0
-"""Section "roofline": bytes/s of the FFI kernels against measured memory bandwidth.
+"""Section "roofline": the FFI kernels against measured machine limits.
+
+The gather kernels are memory-bound and are compared with memory bandwidth;
+the BH4 kernel is compute-bound and is compared with XLA's own float32
+matrix product on the same machine.
 
 The bandwidth probes are numpy loops, run in Python threads (numpy releases
 the GIL in reductions and copies):
@@ -25,6 +29,7 @@ import numpy as np
 from numpy.lib import stride_tricks
 
 import lookupffn_jax
+from lookupffn_jax import bh4
 
 from benchmarks import lookup_op
 from benchmarks import machine
@@ -208,7 +213,88 @@ def run(settings: settings_lib.Settings) -> list[report.Table]:
   with concurrent.futures.ThreadPoolExecutor(max_workers=settings.threads) as executor:
     bandwidth = measure_bandwidth(settings, executor)
     kernels = _measure_kernels(settings, executor)
-  return [bandwidth, kernels]
+  return [bandwidth, kernels, _measure_bh4(settings)]
+
+
+# The XLA matrix product that sets the compute reference: the first GEMM of
+# DenseFFN on 4096 tokens.
+_MATMUL_SHAPE = (4096, settings_lib.WIDTH, settings_lib.DENSE_HIDDEN)
+
+
+def _measure_bh4(settings: settings_lib.Settings) -> report.Table:
+  """Times the BH4 kernel's forward and backward against an XLA matmul, in FLOP/s."""
+  width = settings_lib.WIDTH
+  out_features = settings_lib.NUM_TABLES * settings_lib.CODE_LENGTH
+  block = settings_lib.BH4_BLOCK_SIZE
+  repeats = -(-out_features // width)
+  kernel_shape = (repeats, bh4.NUM_FACTORS, width // block, block, block)
+  forward_flops = bh4.bh4_flops(width, out_features, block)
+  m, k, n = _MATMUL_SHAPE
+  table = report.Table(
+      section="roofline",
+      title=(
+          "BH4 kernel: achieved FLOP/s against XLA's float32 matmul (d=512,"
+          f" {out_features} outputs, block {block})"
+      ),
+      columns=["pass", "tokens N", "time", "GFLOP per call", "achieved",
+               "% of XLA matmul"],
+      notes=[
+          f"The reference is `jnp.dot` of [{m}, {k}] by [{k}, {n}] under jit,"
+          " XLA's own GEMM (the first product of DenseFFN), timed in the same"
+          " interleaved rounds.",
+          f"Forward FLOPs are `bh4_flops`: {forward_flops / 1e3:.0f} kFLOP per"
+          " token (block products and butterflies, 2 per multiply-add). The"
+          " backward (`jax.vjp`, input and kernel gradients, no forward)"
+          " recomputes the forward in tiles, then runs the transposed products"
+          " and the kernel-gradient products: counted as 3 times the forward.",
+      ],
+  )
+  keys = jax.random.split(jax.random.key(settings.seed), 4)
+  lhs = jax.random.normal(keys[0], (m, k), jnp.float32)
+  rhs = jax.random.normal(keys[1], (k, n), jnp.float32)
+  kernel = jax.random.normal(keys[2], kernel_shape, jnp.float32) / block**0.5
+  matmul, _ = timing.compile_within_budget(jnp.dot, (lhs, rhs), settings.max_memory_bytes)
+
+  def forward(x, kernel):
+    return bh4.bh4_transform(x, kernel, implementation="ffi")
+
+  def backward(x, kernel, du):
+    return jax.vjp(forward, x, kernel)[1](du)
+
+  for num_tokens in settings.tokens:
+    if num_tokens < _MIN_ROOFLINE_TOKENS:
+      continue
+    x = jax.random.normal(keys[3], (num_tokens, width), jnp.float32)
+    du = jnp.ones((num_tokens, repeats * width), jnp.float32)
+    for name, fn, args, flops in (
+        ("forward", forward, (x, kernel), forward_flops * num_tokens),
+        ("backward", backward, (x, kernel, du), 3 * forward_flops * num_tokens),
+    ):
+      logging.info("roofline: bh4 %s N=%d", name, num_tokens)
+      call, _ = timing.compile_within_budget(fn, args, settings.max_memory_bytes)
+      if call is None or matmul is None:
+        continue
+      timings = timing.time_interleaved(
+          {name: call, "matmul": matmul},
+          repeats=settings.repeats,
+          min_repeat_seconds=settings.min_repeat_seconds,
+      )
+      rate = timings[name].rate(flops)
+      fraction = timing.speedup(timings["matmul"], timings[name]).scaled(
+          flops / (2 * m * k * n)
+      )
+      table.add_row(
+          [name, str(num_tokens), report.format_seconds(timings[name].summary),
+           f"{flops / 1e9:.2f}", report.format_rate(rate, "GFLOP/s", 1e9),
+           f"{100 * fraction.median:.0f}% ({100 * fraction.min:.0f}–"
+           f"{100 * fraction.max:.0f})"],
+          {"pass": name, "tokens": num_tokens, "flops_per_call": flops,
+           "seconds": timings[name].summary.as_dict(),
+           "flops_per_second": rate.as_dict(),
+           "matmul_flops_per_second": timings["matmul"].rate(2 * m * k * n).as_dict(),
+           "fraction_of_matmul": fraction.as_dict()},
+      )
+  return table
 
 
 def _measure_kernels(settings: settings_lib.Settings, executor) -> report.Table:
