@@ -19,6 +19,7 @@ a tile of tokens in cache through all four factors, and a "reference" one in
 """
 
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -42,6 +43,19 @@ def is_power_of_two(n: int) -> bool:
   return n >= 1 and n & (n - 1) == 0
 
 
+def _is_int(value: Any) -> bool:
+  """Returns whether `value` is an integer and not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_floating(name: str, x: jax.Array) -> None:
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must have a floating dtype, got {x.dtype}; cast it with"
+        f" {name}.astype(jnp.float32)"
+    )
+
+
 def hadamard_transform(x: jax.Array) -> jax.Array:
   """Applies the orthonormal Walsh-Hadamard transform to the last axis of `x`.
 
@@ -56,6 +70,7 @@ def hadamard_transform(x: jax.Array) -> jax.Array:
   Returns:
     An array with the shape and dtype of `x`.
   """
+  _check_floating("x", x)
   n = x.shape[-1]
   if not is_power_of_two(n):
     raise ValueError(
@@ -157,23 +172,30 @@ def bh4_transform(
       `kernel`, and the reference otherwise.
 
   Returns:
-    `[..., R * D']` of x's dtype.
+    `[..., R * D']` of the promoted dtype of x and kernel.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
     )
   x, kernel = jnp.asarray(x), jnp.asarray(kernel)
+  _check_floating("x", x)
+  _check_floating("kernel", kernel)
   if kernel.ndim != 5 or kernel.shape[-1] != kernel.shape[-2]:
     raise ValueError(
-        f"kernel must have shape [R, F, NB, b, b], got {kernel.shape}"
+        "kernel must have shape [R, F, NB, b, b] of square b x b blocks, got"
+        f" {kernel.shape}"
+    )
+  if min(kernel.shape) < 1:
+    raise ValueError(
+        f"every dimension of kernel must be at least 1, got {kernel.shape}"
     )
   repeats, _, num_blocks, block_size, _ = kernel.shape
   padded = num_blocks * block_size
-  if not is_power_of_two(padded) or min(kernel.shape) < 1:
+  if not is_power_of_two(padded):
     raise ValueError(
-        f"kernel {kernel.shape} must have NB * b = {padded} a power of two and"
-        " every dimension at least 1"
+        f"kernel {kernel.shape} must have NB * b a power of two, got"
+        f" {num_blocks} * {block_size} = {padded}"
     )
   if x.ndim < 1 or x.shape[-1] > padded:
     raise ValueError(
@@ -305,7 +327,8 @@ class BH4(nn.Module):
     kernel_init: initializer for the `[R, 4, D' / b, b, b]` blocks.
     bias_init: initializer for the bias.
     implementation: `bh4_transform` implementation, "auto", "ffi" or
-      "reference".
+      "reference". "ffi" with another compute dtype than float32 runs the
+      kernel in float32 and casts its output back.
 
   Example usage::
 
@@ -335,17 +358,23 @@ class BH4(nn.Module):
           f"implementation must be one of {IMPLEMENTATIONS}, got"
           f" {self.implementation!r}"
       )
-    if self.out_features < 1:
-      raise ValueError(f"out_features must be at least 1, got {self.out_features}")
-    if not is_power_of_two(self.block_size):
+    if not _is_int(self.out_features) or self.out_features < 1:
       raise ValueError(
-          f"block_size must be a power of two, got {self.block_size}"
+          f"out_features must be an integer of at least 1, got {self.out_features!r}"
+      )
+    if not _is_int(self.block_size) or not is_power_of_two(self.block_size):
+      raise ValueError(
+          f"block_size must be a power of two, got {self.block_size!r}"
       )
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Projects `x` of shape `[..., d]` to `[..., out_features]`."""
+    if x.ndim < 1 or x.shape[-1] < 1:
+      raise ValueError(
+          f"x must have shape [..., d] with d >= 1 features, got {x.shape}"
+      )
     in_features = x.shape[-1]
     padded = next_power_of_two(in_features)
     block_size = self.block_size
@@ -368,7 +397,13 @@ class BH4(nn.Module):
     x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     batch_shape = x.shape[:-1]
 
-    projected = bh4_transform(x, kernel, implementation=self.implementation)
+    if self.implementation == "ffi" and x.dtype != jnp.float32:
+      # The kernel computes in float32, as `lookup` does for LookupFFN.
+      projected = bh4_transform(
+          x.astype(jnp.float32), kernel.astype(jnp.float32), implementation="ffi"
+      ).astype(x.dtype)
+    else:
+      projected = bh4_transform(x, kernel, implementation=self.implementation)
     projected = projected[..., : self.out_features]
 
     copies = -(-self.out_features // in_features)

@@ -213,6 +213,49 @@ def test_block_size_above_padded_width():
     jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((1, 20)))
 
 
+def test_hadamard_rejects_integers():
+  with pytest.raises(ValueError, match="floating dtype, got int32"):
+    bh4.hadamard_transform(jnp.arange(4, dtype=jnp.int32))
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(out_features=None), "out_features must be an integer of at least 1, got None"),
+        (dict(out_features=10.0), "out_features must be an integer of at least 1, got 10.0"),
+        (dict(out_features=8, block_size=16.0), "block_size must be a power of two, got 16.0"),
+        (dict(out_features=8, block_size=True), "block_size must be a power of two, got True"),
+    ],
+)
+def test_module_rejects_bad_settings(settings, message):
+  with pytest.raises(ValueError, match=message):
+    bh4.BH4(**settings)
+
+
+@pytest.mark.parametrize("shape", [(), (3, 0)])
+def test_module_rejects_inputs_without_features(shape):
+  layer = bh4.BH4(out_features=8, block_size=1)
+  with pytest.raises(ValueError, match=r"d >= 1 features"):
+    layer.init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_module_ffi_with_bfloat16_compute():
+  # The kernel runs in float32 and the output is cast back.
+  x = jax.random.normal(jax.random.key(0), (3, 32))
+  outputs = {}
+  for implementation in ("ffi", "reference"):
+    layer = bh4.BH4(
+        out_features=48, block_size=8, dtype=jnp.bfloat16, implementation=implementation
+    )
+    params = layer.init(jax.random.key(1), x)
+    outputs[implementation] = layer.apply(params, x)
+  assert outputs["ffi"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      outputs["ffi"].astype(jnp.float32), outputs["reference"].astype(jnp.float32),
+      rtol=5e-2, atol=5e-2,
+  )
+
+
 def test_module_rejects_unknown_implementation():
   with pytest.raises(ValueError, match="got 'fast'"):
     bh4.BH4(out_features=8, implementation="fast")

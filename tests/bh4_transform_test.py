@@ -191,13 +191,21 @@ def test_transform_ffi_rejects_bfloat16():
     [
         ((2, 8), (1, 4, 2, 4, 8), r"kernel must have shape \[R, F, NB, b, b\]"),
         ((2, 8), (4, 2, 4, 4), r"kernel must have shape"),
-        ((2, 8), (1, 4, 3, 4, 4), "NB \\* b = 12 a power of two"),
+        ((2, 8), (1, 4, 3, 4, 4), r"NB \* b a power of two, got 3 \* 4 = 12"),
+        ((2, 8), (1, 0, 2, 4, 4), r"every dimension of kernel must be at least 1"),
         ((2, 9), (1, 4, 2, 4, 4), r"d <= NB \* b = 8, got \(2, 9\)"),
     ],
 )
 def test_transform_rejects_bad_shapes(x_shape, kernel_shape, message):
   with pytest.raises(ValueError, match=message):
     bh4.bh4_transform(jnp.ones(x_shape), jnp.ones(kernel_shape))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "reference"])
+def test_transform_rejects_integer_inputs(implementation):
+  x, kernel = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4, 1, 4, 4), jnp.int32)
+  with pytest.raises(ValueError, match="x must have a floating dtype, got int32"):
+    bh4.bh4_transform(x, kernel, implementation=implementation)
 
 
 def test_transform_rejects_unknown_implementation():
