@@ -25,8 +25,8 @@ class _Layer:
   label: str  # Name in the Markdown tables.
   module: nn.Module
   ffn: str  # The `RobertaConfig.ffn` that builds this layer.
-  # For the forward, the tables are stored in this dtype, as for inference;
-  # the forward + backward keeps the float32 master copy and casts in the
+  # For the forward, the tables are stored in this dtype, as for inference.
+  # The forward + backward keeps the float32 master copy and casts it in the
   # module, as in training.
   stored_table_dtype: Any = None
 

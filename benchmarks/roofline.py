@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Section "roofline": the FFI kernels against measured machine limits.
 
-The gather kernels are memory-bound and are compared with memory bandwidth;
-the BH4 kernel is compute-bound and is compared with XLA's own float32
-matrix product on the same machine.
+The gather kernels are memory-bound, so they are compared with memory
+bandwidth. The BH4 kernel is compute-bound, so it is compared with XLA's own
+float32 matrix product on the same machine.
 
 The bandwidth probes are numpy loops, run in Python threads (numpy releases
 the GIL in reductions and copies):

@@ -80,10 +80,10 @@ def available_or_warn() -> bool:
 def dispatch(implementation: str, ffi_fn: Callable, reference_fn: Callable, *args):
   """Runs `ffi_fn` or `reference_fn` on `args`, as `implementation` selects.
 
-  "reference" and "ffi" pick one; "auto" lowers to `ffi_fn` on CPU and to
-  `reference_fn` on every other platform through `jax.lax.platform_dependent`,
-  or to `reference_fn` everywhere (with a warning) when the extension is
-  missing.
+  "reference" and "ffi" pick one. "auto" lowers to `ffi_fn` on CPU and to
+  `reference_fn` on every other platform through `jax.lax.platform_dependent`.
+  When the extension is missing, "auto" warns and uses `reference_fn`
+  everywhere.
   """
   if implementation == "reference":
     return reference_fn(*args)

@@ -92,7 +92,7 @@ def hadamard_transform(x: jax.Array) -> jax.Array:
 
 
 def _reference_bh4_transform(x_MxD, kernel_RxFxNxBxB):
-  """The jnp BH4 transform of `x_MxD`, without the truncation, mix or bias."""
+  """Computes the BH4 repeats of `x_MxD` in jnp: no truncation, mix or bias."""
   repeats, num_factors, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape
   padded = num_blocks * block_size
   num_tokens, in_features = x_MxD.shape

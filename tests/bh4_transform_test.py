@@ -101,7 +101,8 @@ def test_transform_ffi_matches_dense_matrices():
 def test_transform_ffi_zero_tokens():
   x, kernel, du = _transform_inputs(0, 0, 16, (1, 4, 2, 8, 8))
   u, dx, dkernel = _ffi_value_and_grads(x, kernel, du)
-  assert u.shape == (0, 16) and dx.shape == (0, 16)
+  assert u.shape == (0, 16)
+  assert dx.shape == (0, 16)
   np.testing.assert_array_equal(dkernel, np.zeros_like(kernel))
 
 

@@ -67,8 +67,9 @@ void StoreByBlock(const Bh4Shape& s, int64_t tokens, int64_t first,
   }
 }
 
-// All F factors of repeat r for one tile; the result goes to `out`, rows
-// out_stride apart. a and v are [rows, D'] scratch; a holds the padded input.
+// Applies all F factors of repeat r to one tile and writes the result to
+// `out`, rows out_stride apart. a and v are [rows, D'] scratch buffers, and
+// a contains the padded input.
 void ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
                  float* a, float* v, float* out, int64_t out_stride) {
   const int64_t width = s.width();
@@ -109,9 +110,9 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
 constexpr int64_t kTokensPerStep = 8 * kTokensPerTile;
 
 // Within a step, each tile runs every repeat in order and sums the repeats'
-// input gradients in that order; the kernel gradient takes the steps in
-// order and, within a step, the tokens in order. Nothing depends on the
-// thread count.
+// input gradients in that order. The kernel gradient adds the steps in order
+// and, within a step, the tokens in order. So nothing depends on the thread
+// count.
 void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
                  const float* kernel, const float* du, float* dx,
                  float* dkernel) {

@@ -174,7 +174,7 @@ constexpr int64_t kMicroRows = 6;
 
 // Needs block_size to be a multiple of 8. Groups of six rows go through the
 // 6 x 16 kernel one strip of 16 columns at a time, so that strip of the
-// block (b x 16 floats) stays in L1 while the rows pass over it; each
+// block (b x 16 floats) stays in L1 while the rows pass over it. Each
 // leftover row goes through the one-row kernel, 64 columns at a time.
 __attribute__((target("avx2,fma"))) void BlockDiagonalMultiplyAvx2(
     int64_t rows, int64_t num_blocks, int64_t block_size, const float* in,
