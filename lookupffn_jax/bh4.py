@@ -166,7 +166,7 @@ def bh4_transform(
 
   Args:
     x: floating `[..., d]` with d <= D'.
-    kernel: `[R, F, NB, b, b]` blocks of x's dtype, NB * b a power of two.
+    kernel: floating `[R, F, NB, b, b]` blocks, NB * b a power of two.
     implementation: "auto", "ffi" or "reference". "ffi" runs the C++ kernel
       and needs float32 and CPU; "auto" uses it on CPU for float32 `x` and
       `kernel`, and the reference otherwise.
