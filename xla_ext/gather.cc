@@ -183,6 +183,7 @@ __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
     const float* dy, int64_t group_begin, int64_t group_end, int64_t column,
     float* dtables) {
+  const int64_t group_size = group_end - group_begin;
   for (int64_t n = 0; n < s.tokens; ++n) {
     const float* dy_block = dy + n * s.width + column;
     __m256 g[8];
@@ -190,6 +191,23 @@ __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
     for (int64_t t = group_begin; t < group_end; ++t) {
       const int64_t i = n * s.tables + t;
       float* row = dtables + (t * s.table_rows + codes[i]) * s.width + column;
+      // As in the gather, fetch the slice that is updated kPrefetchDistance
+      // look-ups later.
+      int64_t ahead_t = t + kPrefetchDistance;
+      int64_t ahead_n = n;
+      if (ahead_t >= group_end) {
+        ahead_t -= group_size;
+        ahead_n = n + 1;
+      }
+      if (ahead_t < group_end && ahead_n < s.tokens) {
+        const char* next = reinterpret_cast<const char*>(
+            dtables + (ahead_t * s.table_rows + codes[ahead_n * s.tables + ahead_t]) *
+                          s.width +
+            column);
+        for (int64_t line = 0; line < kSliceLines<float>; ++line) {
+          _mm_prefetch(next + 64 * line, _MM_HINT_T0);
+        }
+      }
       const __m256 w = _mm256_set1_ps(weights[i]);
       for (int k = 0; k < 8; ++k) {
         _mm256_storeu_ps(row + 8 * k,
@@ -215,6 +233,8 @@ __attribute__((target("avx2,fma"))) void DotsBlockAvx2(
     int64_t column, float* dots) {
   for (int64_t group = 0; group < s.tables; group += kTableGroup) {
     const int64_t group_end = std::min(group + kTableGroup, s.tables);
+    // Look-ups of one token in this group: (table, candidate) pairs.
+    const int64_t per_token = (group_end - group) * candidates;
     for (int64_t n = begin; n < end; ++n) {
       const float* dy_block = dy + n * s.width + column;
       __m256 g[8];
@@ -223,6 +243,24 @@ __attribute__((target("avx2,fma"))) void DotsBlockAvx2(
         for (int64_t c = 0; c < candidates; ++c) {
           const int64_t i = (n * s.tables + t) * candidates + c;
           const TableT* row = RowPointer(s, tables, t, codes[i]) + column;
+          // As in the gather, fetch the row slice kPrefetchDistance
+          // look-ups later.
+          int64_t ahead = (t - group) * candidates + c + kPrefetchDistance;
+          int64_t ahead_n = n;
+          if (ahead >= per_token) {
+            ahead -= per_token;
+            ahead_n = n + 1;
+          }
+          if (ahead < per_token && ahead_n < end) {
+            const int64_t ahead_t = group + ahead / candidates;
+            const int32_t code =
+                codes[(ahead_n * s.tables + group) * candidates + ahead];
+            const char* next = reinterpret_cast<const char*>(
+                RowPointer(s, tables, ahead_t, code) + column);
+            for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
+              _mm_prefetch(next + 64 * line, _MM_HINT_T0);
+            }
+          }
           __m256 acc0 = _mm256_mul_ps(g[0], Load8(row));
           __m256 acc1 = _mm256_mul_ps(g[1], Load8(row + 8));
           for (int k = 2; k < 8; k += 2) {
