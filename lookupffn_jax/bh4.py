@@ -12,9 +12,12 @@ where every B_j is block diagonal with D' / b learned b x b blocks and H is the
 orthonormal Walsh-Hadamard transform, applied in O(D' log D') by butterflies.
 The repeats are concatenated and truncated to out_features.
 
+Here B_j x is the row-vector product x @ blockdiag(kernel[r, j]), so B_j as
+a column-vector matrix is the transpose of that block-diagonal matrix.
+
 `bh4_transform` computes the repeats. Like the ops in `lookupffn_jax.lookup`
 it has an "ffi" implementation, a C++ kernel from `xla_ext/bh4.cc` that keeps
-a tile of tokens in cache through all four factors, and a "reference" one in
+a tile of tokens in cache through all factors, and a "reference" one in
 `jnp`; "auto" picks the kernel on CPU for float32 inputs.
 """
 
@@ -160,9 +163,10 @@ def bh4_transform(
 ) -> jax.Array:
   """Applies the BH4 repeats of `kernel` to `x`: `H B_F ... H B_1 x` per repeat.
 
-  The input is zero-padded to D' = NB * b columns, and repeat r multiplies
-  by the block-diagonal matrix of `kernel[r, f]` and then by the orthonormal
-  Hadamard matrix, for f = 0, 1, ..., F - 1. The repeats are concatenated.
+  The input is zero-padded to D' = NB * b columns. For f = 0, 1, ..., F - 1,
+  repeat r multiplies the row vector on the right by the block-diagonal
+  matrix of `kernel[r, f]` (`u @ blockdiag(kernel[r, f])`) and then by the
+  orthonormal Hadamard matrix. The repeats are concatenated.
 
   Args:
     x: floating `[..., d]` with d <= D'.
@@ -268,7 +272,9 @@ def orthogonal_blocks_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = 
   """
   if len(shape) < 2 or shape[-1] != shape[-2]:
     raise ValueError(f"orthogonal_blocks_init requires shape [..., b, b], got {shape}")
-  gaussian = jax.random.normal(key, shape, jnp.float32)
+  # At least float32: the decomposition is not accurate in bfloat16.
+  draw_dtype = jnp.promote_types(dtype, jnp.float32)
+  gaussian = jax.random.normal(key, shape, draw_dtype)
   return _householder_orthogonal(gaussian).astype(dtype)
 
 

@@ -49,14 +49,14 @@ def _reference_value_and_grads(x, kernel, du):
 
 def _assert_close(actual, expected, rtol=2e-5):
   for name, a, e in zip(("u", "dx", "dkernel"), actual, expected):
-    scale = max(float(jnp.max(jnp.abs(e))), 1.0)
+    scale = max(float(jnp.max(jnp.abs(e), initial=0.0)), 1.0)
     np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
 # (tokens, d, [R, F, NB, b, b]): the 6-row micro-kernel and its tails,
 # 16- and 8-column strips, the scalar path for b < 8, widths below 8 and
-# padded inputs, several tiles of 48 tokens, and more than one backward step
-# of 384 tokens.
+# padded inputs, several tiles of 48 tokens, more than one backward step of
+# 384 tokens, exactly one tile and one step, F = 1, D' = 1 and d = 0.
 TRANSFORM_CASES = [
     (1, 512, (2, 4, 8, 64, 64)),
     (7, 500, (2, 4, 8, 64, 64)),
@@ -67,6 +67,10 @@ TRANSFORM_CASES = [
     (4, 2, (2, 3, 2, 1, 1)),
     (49, 128, (1, 4, 1, 128, 128)),
     (800, 32, (1, 4, 2, 16, 16)),
+    (48, 16, (2, 1, 2, 8, 8)),
+    (384, 8, (1, 3, 4, 2, 2)),
+    (3, 1, (3, 2, 1, 1, 1)),
+    (5, 0, (1, 4, 2, 8, 8)),
 ]
 
 
@@ -157,6 +161,42 @@ def test_transform_under_vmap():
       jax.vmap(_reference_value_and_grads, in_axes=(0, None, 0))(x, kernel, du),
   )
   _assert_close(mapped(x, kernels, du), expected(x, kernels, du))
+
+
+@requires_ffi
+def test_transform_under_vmap_of_kernel_only():
+  x, kernel, du = _transform_inputs(8, 6, 24, (2, 4, 2, 16, 16))
+  kernels = jnp.stack([kernel, -2 * kernel])
+  _assert_close(
+      jax.vmap(_ffi_value_and_grads, in_axes=(None, 0, None))(x, kernels, du),
+      jax.vmap(_reference_value_and_grads, in_axes=(None, 0, None))(x, kernels, du),
+  )
+
+
+@requires_ffi
+def test_transform_under_nested_vmap():
+  x, kernel, du = _transform_inputs(9, 2 * 3 * 4, 16, (1, 4, 2, 8, 8))
+  x, du = x.reshape(2, 3, 4, 16), du.reshape(2, 3, 4, 16)
+  nested = lambda fn: jax.vmap(jax.vmap(fn, in_axes=(0, None, 0)), in_axes=(0, None, 0))
+  _assert_close(
+      nested(_ffi_value_and_grads)(x, kernel, du),
+      nested(_reference_value_and_grads)(x, kernel, du),
+  )
+
+
+@requires_ffi
+def test_transform_jacrev():
+  # jacrev maps the backward over the output cotangent alone.
+  x, kernel, _ = _transform_inputs(10, 3, 8, (1, 2, 2, 4, 4))
+  jacobians = {
+      impl: jax.jacrev(
+          lambda x, k, impl=impl: bh4.bh4_transform(x, k, implementation=impl),
+          argnums=(0, 1),
+      )(x, kernel)
+      for impl in ("ffi", "reference")
+  }
+  for got, want in zip(jacobians["ffi"], jacobians["reference"]):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 @requires_ffi

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,7 +51,7 @@ struct Bh4Shape {
 void LoadPadded(const Bh4Shape& s, int64_t rows, const float* x, float* a) {
   const int64_t width = s.width();
   for (int64_t m = 0; m < rows; ++m) {
-    std::memcpy(a + m * width, x + m * s.in_width, s.in_width * sizeof(float));
+    std::copy(x + m * s.in_width, x + (m + 1) * s.in_width, a + m * width);
     std::fill(a + m * width + s.in_width, a + (m + 1) * width, 0.f);
   }
 }
@@ -106,7 +107,7 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
 
 // Tokens per step of the backward pass: eight tiles. Each step keeps every
 // block product's input and output gradient for its tokens (12 MiB for
-// R = 2, D' = 512), then adds their products to the kernel gradient.
+// R = 2, F = 4, D' = 512), then adds their products to the kernel gradient.
 constexpr int64_t kTokensPerStep = 8 * kTokensPerTile;
 
 // Within a step, each tile runs every repeat in order and sums the repeats'
@@ -181,7 +182,7 @@ void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
           float* dx_m = dx + (token + m) * s.in_width;
           const float* g_m = g + m * width;
           if (r == 0) {
-            std::memcpy(dx_m, g_m, s.in_width * sizeof(float));
+            std::copy(g_m, g_m + s.in_width, dx_m);
           } else {
             for (int64_t i = 0; i < s.in_width; ++i) dx_m[i] += g_m[i];
           }
@@ -278,20 +279,40 @@ ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       e.failure()) {
     return e;
   }
-  if (!batch.IsOutput(du.dimensions(), {s.tokens, s.repeats * s.width()}) ||
-      !batch.IsOutput(dx->dimensions(), {s.tokens, s.in_width}) ||
+  // du may broadcast along batch dimensions, which batch.Init checked, so
+  // only its last two dimensions are compared here.
+  const Dims du_dims = du.dimensions();
+  const size_t du_rank = du_dims.size();
+  if (du_dims[du_rank - 2] != s.tokens ||
+      du_dims[du_rank - 1] != s.repeats * s.width()) {
+    return Invalid(kOp, "output gradient " + ShapeString(du_dims) +
+                            " must end in [M, R * D'] = [" +
+                            std::to_string(s.tokens) + ", " +
+                            std::to_string(s.repeats * s.width()) + "]");
+  }
+  if (!batch.IsOutput(dx->dimensions(), {s.tokens, s.in_width}) ||
       !batch.IsOutput(dkernel->dimensions(),
                       {s.repeats, s.factors, s.num_blocks, s.block_size,
                        s.block_size})) {
     return Invalid(kOp, "unexpected gradient shapes");
   }
   const int64_t kernel_size = s.repeats * s.factors * s.factor_elements();
-  for (int64_t i = 0; i < batch.size(); ++i) {
-    Bh4Backward(pool, s, x.typed_data() + batch.Offset(0, i),
-                kernel.typed_data() + batch.Offset(1, i),
-                du.typed_data() + batch.Offset(2, i),
-                dx->typed_data() + i * s.tokens * s.in_width,
-                dkernel->typed_data() + i * kernel_size);
+  // The backward allocates its per-step buffers on the calling thread. A
+  // failure becomes an error rather than an exception across the C API.
+  try {
+    for (int64_t i = 0; i < batch.size(); ++i) {
+      Bh4Backward(pool, s, x.typed_data() + batch.Offset(0, i),
+                  kernel.typed_data() + batch.Offset(1, i),
+                  du.typed_data() + batch.Offset(2, i),
+                  dx->typed_data() + i * s.tokens * s.in_width,
+                  dkernel->typed_data() + i * kernel_size);
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(kOp) +
+                          ": out of memory for the per-step buffers (2 * R * F"
+                          " * D' * min(M, 384) floats); pass fewer tokens per"
+                          " call");
   }
   return ffi::Error::Success();
 }

@@ -153,7 +153,8 @@ __attribute__((target("avx2,fma"))) void GatherBlockAvx2(
       for (int64_t t = group; t < group_end; ++t) {
         const TableT* row = RowPointer(s, tables, t, codes_n[t]) + column;
         // Prefetch the row slice kPrefetchDistance look-ups ahead, in the
-        // next token's part of the group once this token's runs out.
+        // next token's part of the group once this token's runs out. The
+        // tile's last token has no next one and refetches its own rows.
         int64_t ahead = t + kPrefetchDistance;
         const int32_t* codes_ahead = codes_n;
         if (ahead >= group_end) {
