@@ -220,6 +220,60 @@ def test_lookup_empty_shapes(n, t, d, estimator):
     assert not np.any(np.asarray(y))
 
 
+# The forward gather packs each table group's column block when there are
+# at least 2048 tokens. These shapes give several groups (1024 rows of
+# float32 make one table per 256 KiB group, bfloat16 two) and a partial
+# last column block (D = 80).
+PACKED_GATHER_SHAPE = dict(n=2100, t=3, s=1024, d=80)
+
+
+def _packed_gather_inputs(dtype):
+  n, t, s, d = (PACKED_GATHER_SHAPE[key] for key in ("n", "t", "s", "d"))
+  rng = np.random.default_rng(5)
+  codes = jnp.asarray(rng.integers(0, s, (n, t)), jnp.int32)
+  weights = jnp.asarray(rng.standard_normal((n, t)), jnp.float32)
+  tables = jnp.asarray(rng.standard_normal((t, s, d)), jnp.float32).astype(dtype)
+  return codes, weights, tables
+
+
+@requires_ffi
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_weighted_gather_packed_path_matches_reference(dtype):
+  codes, weights, tables = _packed_gather_inputs(dtype)
+  y = lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
+  y_ref = lookupffn_jax.weighted_gather(
+      codes, weights, tables, implementation="reference"
+  )
+  assert_close(y, y_ref, name="y")
+
+
+@requires_ffi
+def test_weighted_gather_packed_path_same_for_any_thread_count():
+  codes, weights, tables = _packed_gather_inputs(jnp.float32)
+  results = []
+  try:
+    for threads in (1, 2):
+      ext.set_max_threads(threads)
+      results.append(
+          lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
+      )
+  finally:
+    ext.set_max_threads(0)
+  np.testing.assert_array_equal(results[0], results[1])
+
+
+@requires_ffi
+def test_weighted_gather_packed_path_agrees_with_tiled_path():
+  # The first 1000 tokens alone go through the unpacked kernel. The sums run
+  # in the same order in both, so the results are bitwise equal.
+  codes, weights, tables = _packed_gather_inputs(jnp.float32)
+  packed = lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
+  tiled = lookupffn_jax.weighted_gather(
+      codes[:1000], weights[:1000], tables, implementation="ffi"
+  )
+  np.testing.assert_array_equal(packed[:1000], tiled)
+
+
 @requires_ffi
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_lookup_same_result_for_any_thread_count(estimator):

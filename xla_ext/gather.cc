@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "parallel.h"
 #include "simd.h"
@@ -43,6 +44,21 @@ constexpr int64_t kTokenTile = 256;
 // the float32 gather about 10% faster than no prefetch, and 4, 24, 31 or a
 // whole token ahead were no faster or slower.
 constexpr int64_t kPrefetchDistance = 16;
+
+// For many tokens per table row, the gather first copies the column block
+// of a group of tables into a contiguous buffer of at most kPackedBytes.
+// The column blocks of a row-major table are D floats apart, so they fall
+// into a fraction of the cache sets. Packed, a group's slices fit L2
+// without conflicts, and each is reused by the tokens of a tile. Packing
+// costs one pass over the tables per tile of up to kPackedTokenTile tokens,
+// so it is used from kPackedMinTokens tokens on, with at least
+// kPackedMinTasks tasks. In benchmarks/ on the 2-core development machine
+// this ran the 4096-token float32 gather about 1.3x faster; tiles of 1024
+// tokens were slower than no packing.
+constexpr int64_t kPackedBytes = 256 * 1024;
+constexpr int64_t kPackedTokenTile = 4096;
+constexpr int64_t kPackedMinTokens = 2048;
+constexpr int64_t kPackedMinTasks = 8;
 
 // 64-byte cache lines in one column block of a row.
 template <typename TableT>
@@ -175,6 +191,49 @@ __attribute__((target("avx2,fma"))) void GatherBlockAvx2(
       }
       for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
     }
+  }
+}
+
+// GatherBlockAvx2 for tables [group, group_end) whose column block is packed
+// as [group_end - group, S, kColumnBlock]. The sums run in the same order.
+template <typename TableT>
+__attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
+    const GatherShape& s, const int32_t* codes, const float* weights,
+    const TableT* packed, int64_t group, int64_t group_end, int64_t begin,
+    int64_t end, int64_t column, float* y) {
+  auto packed_row = [&](int64_t t, int32_t code) {
+    return packed + ((t - group) * s.table_rows + code) * kColumnBlock;
+  };
+  for (int64_t n = begin; n < end; ++n) {
+    float* y_block = y + n * s.width + column;
+    __m256 acc[8];
+    for (int k = 0; k < 8; ++k) {
+      acc[k] = group == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y_block + 8 * k);
+    }
+    const int32_t* codes_n = codes + n * s.tables;
+    const float* weights_n = weights + n * s.tables;
+    const int32_t* codes_next = codes + std::min(n + 1, end - 1) * s.tables;
+    for (int64_t t = group; t < group_end; ++t) {
+      const TableT* row = packed_row(t, codes_n[t]);
+      int64_t ahead = t + kPrefetchDistance;
+      const int32_t* codes_ahead = codes_n;
+      if (ahead >= group_end) {
+        ahead -= group_end - group;
+        codes_ahead = codes_next;
+      }
+      if (ahead < group_end) {
+        const char* next =
+            reinterpret_cast<const char*>(packed_row(ahead, codes_ahead[ahead]));
+        for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
+          _mm_prefetch(next + 64 * line, _MM_HINT_T0);
+        }
+      }
+      const __m256 w = _mm256_set1_ps(weights_n[t]);
+      for (int k = 0; k < 8; ++k) {
+        acc[k] = _mm256_fmadd_ps(w, Load8(row + 8 * k), acc[k]);
+      }
+    }
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
   }
 }
 
@@ -316,8 +375,44 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
     return;
   }
   const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
-  const int64_t token_tiles = (s.tokens + kTokenTile - 1) / kTokenTile;
   const bool avx2 = simd::Avx2Active();
+#ifdef LOOKUPFFN_HAVE_X86
+  const int64_t slice_bytes = s.table_rows * kColumnBlock * sizeof(TableT);
+  if (avx2 && s.tokens >= kPackedMinTokens && slice_bytes <= kPackedBytes) {
+    const int64_t group_size = std::min(kPackedBytes / slice_bytes, s.tables);
+    const int64_t tiles = std::max(
+        (s.tokens + kPackedTokenTile - 1) / kPackedTokenTile,
+        (kPackedMinTasks + column_blocks - 1) / column_blocks);
+    const int64_t tile_tokens = (s.tokens + tiles - 1) / tiles;
+    ParallelFor(pool, column_blocks * tiles, [&](int64_t task) {
+      const int64_t column = (task / tiles) * kColumnBlock;
+      const int64_t columns = std::min(kColumnBlock, s.width - column);
+      const int64_t begin = (task % tiles) * tile_tokens;
+      const int64_t end = std::min(begin + tile_tokens, s.tokens);
+      if (begin >= end) return;
+      if (columns < kColumnBlock) {
+        GatherBlockGeneric(s, codes, weights, tables, begin, end, column,
+                           columns, y);
+        return;
+      }
+      std::vector<TableT> packed(group_size * s.table_rows * kColumnBlock);
+      for (int64_t group = 0; group < s.tables; group += group_size) {
+        const int64_t group_end = std::min(group + group_size, s.tables);
+        for (int64_t t = group; t < group_end; ++t) {
+          for (int64_t r = 0; r < s.table_rows; ++r) {
+            std::memcpy(packed.data() + ((t - group) * s.table_rows + r) * kColumnBlock,
+                        tables + (t * s.table_rows + r) * s.width + column,
+                        kColumnBlock * sizeof(TableT));
+          }
+        }
+        GatherPackedGroupAvx2(s, codes, weights, packed.data(), group,
+                              group_end, begin, end, column, y);
+      }
+    });
+    return;
+  }
+#endif
+  const int64_t token_tiles = (s.tokens + kTokenTile - 1) / kTokenTile;
 
   // Consecutive tasks share a column block, so threads running at the same
   // time read the same table slices.
