@@ -220,8 +220,8 @@ def test_lookup_empty_shapes(n, t, d, estimator):
     assert not np.any(np.asarray(y))
 
 
-# The forward gather packs each table group's column block when there are
-# at least 2048 tokens. These shapes give several groups (1024 rows of
+# The forward gather and the table-gradient scatter pack each table group's
+# column block when there are at least 2048 tokens. These shapes give several groups (1024 rows of
 # float32 make one table per 256 KiB group, bfloat16 two) and a partial
 # last column block (D = 80).
 PACKED_GATHER_SHAPE = dict(n=2100, t=3, s=1024, d=80)
@@ -245,6 +245,23 @@ def test_weighted_gather_packed_path_matches_reference(dtype):
       codes, weights, tables, implementation="reference"
   )
   assert_close(y, y_ref, name="y")
+
+
+@requires_ffi
+def test_weighted_gather_backward_packed_path_matches_reference():
+  # The table-gradient scatter also packs from 2048 tokens on.
+  codes, weights, tables = _packed_gather_inputs(jnp.float32)
+  dy = jax.random.normal(
+      jax.random.key(6), (codes.shape[0], tables.shape[-1]), jnp.float32
+  )
+  grads = {}
+  for implementation in ("ffi", "reference"):
+    fn = lambda w, tb, impl=implementation: lookupffn_jax.weighted_gather(
+        codes, w, tb, implementation=impl
+    )
+    grads[implementation] = jax.vjp(fn, weights, tables)[1](dy)
+  assert_close(grads["ffi"][0], grads["reference"][0], rtol=2e-5, name="dweights")
+  assert_close(grads["ffi"][1], grads["reference"][1], rtol=2e-5, name="dtables")
 
 
 @requires_ffi

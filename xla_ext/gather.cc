@@ -239,10 +239,13 @@ __attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
 
 // One full column block of tables [group_begin, group_end): each token's
 // dy block is loaded once into 8 registers and added to the group's rows.
+// row_at(t, code) returns the first float of the block of that row, in
+// dtables or in a packed copy of the group's blocks.
+template <typename RowAt>
 __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
     const float* dy, int64_t group_begin, int64_t group_end, int64_t column,
-    float* dtables) {
+    RowAt row_at) {
   const int64_t group_size = group_end - group_begin;
   for (int64_t n = 0; n < s.tokens; ++n) {
     const float* dy_block = dy + n * s.width + column;
@@ -250,7 +253,7 @@ __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
     for (int k = 0; k < 8; ++k) g[k] = _mm256_loadu_ps(dy_block + 8 * k);
     for (int64_t t = group_begin; t < group_end; ++t) {
       const int64_t i = n * s.tables + t;
-      float* row = dtables + (t * s.table_rows + codes[i]) * s.width + column;
+      float* row = row_at(t, codes[i]);
       // As in the gather, fetch the slice that is updated kPrefetchDistance
       // look-ups later.
       int64_t ahead_t = t + kPrefetchDistance;
@@ -261,9 +264,7 @@ __attribute__((target("avx2,fma"))) void ScatterBlockAvx2(
       }
       if (ahead_t < group_end && ahead_n < s.tokens) {
         const char* next = reinterpret_cast<const char*>(
-            dtables + (ahead_t * s.table_rows + codes[ahead_n * s.tables + ahead_t]) *
-                          s.width +
-            column);
+            row_at(ahead_t, codes[ahead_n * s.tables + ahead_t]));
         for (int64_t line = 0; line < kSliceLines<float>; ++line) {
           _mm_prefetch(next + 64 * line, _MM_HINT_T0);
         }
@@ -450,24 +451,55 @@ void ScatterRows(ffi::ThreadPool& pool, const GatherShape& s,
                  const int32_t* codes, const float* weights, const float* dy,
                  float* dtables) {
   const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
-  const int64_t groups = (s.tables + kTableGroup - 1) / kTableGroup;
   const bool avx2 = simd::Avx2Active();
+  // With many tokens, each task accumulates its group's column blocks in a
+  // packed buffer, for the reason given at kPackedBytes, and copies them to
+  // dtables at the end. Either way a task owns its slice of dtables and adds
+  // the tokens in order.
+  const int64_t slice_bytes = s.table_rows * kColumnBlock * sizeof(float);
+  const bool packed =
+      avx2 && s.tokens >= kPackedMinTokens && slice_bytes <= kPackedBytes;
+  const int64_t group_size =
+      packed ? std::max<int64_t>(1, std::min(kPackedBytes / slice_bytes, s.tables))
+             : kTableGroup;
+  const int64_t groups = (s.tables + group_size - 1) / group_size;
 
   ParallelFor(pool, groups * column_blocks, [&](int64_t task) {
-    const int64_t group_begin = (task / column_blocks) * kTableGroup;
-    const int64_t group_end = std::min(group_begin + kTableGroup, s.tables);
+    const int64_t group_begin = (task / column_blocks) * group_size;
+    const int64_t group_end = std::min(group_begin + group_size, s.tables);
     const int64_t column = (task % column_blocks) * kColumnBlock;
     const int64_t columns = std::min(kColumnBlock, s.width - column);
+    auto dtables_row = [&](int64_t t, int32_t code) {
+      return dtables + (t * s.table_rows + code) * s.width + column;
+    };
+#ifdef LOOKUPFFN_HAVE_X86
+    if (packed && columns == kColumnBlock) {
+      std::vector<float> buffer((group_end - group_begin) * s.table_rows *
+                                kColumnBlock);
+      auto packed_row = [&](int64_t t, int32_t code) {
+        return buffer.data() +
+               ((t - group_begin) * s.table_rows + code) * kColumnBlock;
+      };
+      ScatterBlockAvx2(s, codes, weights, dy, group_begin, group_end, column,
+                       packed_row);
+      for (int64_t t = group_begin; t < group_end; ++t) {
+        for (int64_t r = 0; r < s.table_rows; ++r) {
+          std::memcpy(dtables_row(t, r), packed_row(t, r),
+                      sizeof(float) * kColumnBlock);
+        }
+      }
+      return;
+    }
+#endif
     for (int64_t t = group_begin; t < group_end; ++t) {
       for (int64_t r = 0; r < s.table_rows; ++r) {
-        std::memset(dtables + (t * s.table_rows + r) * s.width + column, 0,
-                    sizeof(float) * columns);
+        std::memset(dtables_row(t, r), 0, sizeof(float) * columns);
       }
     }
 #ifdef LOOKUPFFN_HAVE_X86
     if (avx2 && columns == kColumnBlock) {
       ScatterBlockAvx2(s, codes, weights, dy, group_begin, group_end, column,
-                       dtables);
+                       dtables_row);
       return;
     }
 #endif
