@@ -238,7 +238,7 @@ def _packed_gather_inputs(dtype):
 
 @requires_ffi
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_weighted_gather_packed_path_matches_reference(dtype):
+def test_packed_gather_matches_reference(dtype):
   codes, weights, tables = _packed_gather_inputs(dtype)
   y = lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
   y_ref = lookupffn_jax.weighted_gather(
@@ -248,7 +248,7 @@ def test_weighted_gather_packed_path_matches_reference(dtype):
 
 
 @requires_ffi
-def test_weighted_gather_backward_packed_path_matches_reference():
+def test_packed_gather_backward_matches_reference():
   # The table-gradient scatter also packs from 2048 tokens on.
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
   dy = jax.random.normal(
@@ -265,7 +265,7 @@ def test_weighted_gather_backward_packed_path_matches_reference():
 
 
 @requires_ffi
-def test_weighted_gather_packed_path_same_for_any_thread_count():
+def test_packed_gather_any_thread_count():
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
   results = []
   try:
@@ -280,7 +280,7 @@ def test_weighted_gather_packed_path_same_for_any_thread_count():
 
 
 @requires_ffi
-def test_weighted_gather_packed_path_agrees_with_tiled_path():
+def test_packed_gather_equals_tiled_gather():
   # The first 1000 tokens alone go through the unpacked kernel. The sums run
   # in the same order in both, so the results are bitwise equal.
   codes, weights, tables = _packed_gather_inputs(jnp.float32)

@@ -204,8 +204,8 @@ void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
 
 bool IsPowerOfTwo(int64_t n) { return n >= 1 && (n & (n - 1)) == 0; }
 
-ffi::Error Invalid(const char* op, const std::string& what) {
-  return ffi::Error::InvalidArgument(std::string(op) + ": " + what);
+ffi::Error Invalid(const char* op, const std::string& message) {
+  return ffi::Error::InvalidArgument(std::string(op) + ": " + message);
 }
 
 // Reads M, d from x [..., M, d] and R, F, NB, b from kernel
