@@ -147,63 +147,16 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-// One full column block of tokens [begin, end): for each table group, the
-// block of each token is loaded into 8 registers, gets the weighted rows of
-// the group added, and is stored back.
-template <typename TableT>
-__attribute__((target("avx2,fma"))) void GatherBlockAvx2(
+// One full column block of tokens [begin, end) and tables [group,
+// group_end): the block of each token is loaded into 8 registers (zeros for
+// the first group), gets the weighted rows of the group added, and is
+// stored back. row_at(t, code) returns the first element of that row's
+// block, in the tables or in a packed copy of the group's blocks.
+template <typename TableT, typename RowAt>
+__attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
-    const TableT* tables, int64_t begin, int64_t end, int64_t column,
-    float* y) {
-  for (int64_t group = 0; group < s.tables; group += kTableGroup) {
-    const int64_t group_end = std::min(group + kTableGroup, s.tables);
-    for (int64_t n = begin; n < end; ++n) {
-      float* y_block = y + n * s.width + column;
-      __m256 acc[8];
-      for (int k = 0; k < 8; ++k) {
-        acc[k] = group == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y_block + 8 * k);
-      }
-      const int32_t* codes_n = codes + n * s.tables;
-      const float* weights_n = weights + n * s.tables;
-      const int32_t* codes_next = codes + std::min(n + 1, end - 1) * s.tables;
-      for (int64_t t = group; t < group_end; ++t) {
-        const TableT* row = RowPointer(s, tables, t, codes_n[t]) + column;
-        // Prefetch the row slice kPrefetchDistance look-ups ahead, in the
-        // next token's part of the group once this token's runs out. The
-        // tile's last token has no next one and refetches its own rows.
-        int64_t ahead = t + kPrefetchDistance;
-        const int32_t* codes_ahead = codes_n;
-        if (ahead >= group_end) {
-          ahead -= group_end - group;
-          codes_ahead = codes_next;
-        }
-        if (ahead < group_end) {
-          const char* next = reinterpret_cast<const char*>(
-              RowPointer(s, tables, ahead, codes_ahead[ahead]) + column);
-          for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
-            _mm_prefetch(next + 64 * line, _MM_HINT_T0);
-          }
-        }
-        const __m256 w = _mm256_set1_ps(weights_n[t]);
-        for (int k = 0; k < 8; ++k) {
-          acc[k] = _mm256_fmadd_ps(w, Load8(row + 8 * k), acc[k]);
-        }
-      }
-      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
-    }
-  }
-}
-
-// GatherBlockAvx2 for tables [group, group_end) whose column block is packed
-// as [group_end - group, S, kColumnBlock]. The sums run in the same order.
-template <typename TableT>
-__attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
-    const GatherShape& s, const int32_t* codes, const float* weights,
-    const TableT* packed, int64_t group, int64_t group_end, int64_t begin,
-    int64_t end, int64_t column, float* y) {
-  auto packed_row = [&](int64_t t, int32_t code) {
-    return packed + ((t - group) * s.table_rows + code) * kColumnBlock;
-  };
+    int64_t group, int64_t group_end, int64_t begin, int64_t end,
+    int64_t column, float* y, RowAt row_at) {
   for (int64_t n = begin; n < end; ++n) {
     float* y_block = y + n * s.width + column;
     __m256 acc[8];
@@ -214,7 +167,10 @@ __attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
     const float* weights_n = weights + n * s.tables;
     const int32_t* codes_next = codes + std::min(n + 1, end - 1) * s.tables;
     for (int64_t t = group; t < group_end; ++t) {
-      const TableT* row = packed_row(t, codes_n[t]);
+      const TableT* row = row_at(t, codes_n[t]);
+      // Prefetch the row slice kPrefetchDistance look-ups ahead, in the
+      // next token's part of the group once this token's runs out. The
+      // last token has no next one and refetches its own rows.
       int64_t ahead = t + kPrefetchDistance;
       const int32_t* codes_ahead = codes_n;
       if (ahead >= group_end) {
@@ -223,7 +179,7 @@ __attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
       }
       if (ahead < group_end) {
         const char* next =
-            reinterpret_cast<const char*>(packed_row(ahead, codes_ahead[ahead]));
+            reinterpret_cast<const char*>(row_at(ahead, codes_ahead[ahead]));
         for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
           _mm_prefetch(next + 64 * line, _MM_HINT_T0);
         }
@@ -234,6 +190,22 @@ __attribute__((target("avx2,fma"))) void GatherPackedGroupAvx2(
       }
     }
     for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
+  }
+}
+
+// GatherGroupAvx2 over every table group, reading the tables in place.
+template <typename TableT>
+__attribute__((target("avx2,fma"))) void GatherBlockAvx2(
+    const GatherShape& s, const int32_t* codes, const float* weights,
+    const TableT* tables, int64_t begin, int64_t end, int64_t column,
+    float* y) {
+  auto table_row = [&](int64_t t, int32_t code) {
+    return RowPointer(s, tables, t, code) + column;
+  };
+  for (int64_t group = 0; group < s.tables; group += kTableGroup) {
+    const int64_t group_end = std::min(group + kTableGroup, s.tables);
+    GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin, end,
+                            column, y, table_row);
   }
 }
 
@@ -406,8 +378,12 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                         kColumnBlock * sizeof(TableT));
           }
         }
-        GatherPackedGroupAvx2(s, codes, weights, packed.data(), group,
-                              group_end, begin, end, column, y);
+        auto packed_row = [&](int64_t t, int32_t code) {
+          return packed.data() +
+                 ((t - group) * s.table_rows + code) * kColumnBlock;
+        };
+        GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin,
+                                end, column, y, packed_row);
       }
     });
     return;
