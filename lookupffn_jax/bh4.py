@@ -21,12 +21,14 @@ a tile of tokens in cache through all factors, and a "reference" one in
 `jnp`; "auto" picks the kernel on CPU for float32 inputs.
 """
 
+import functools
 import math
 import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax.linen import dtypes
 from flax.typing import Dtype, Initializer
@@ -158,6 +160,50 @@ def _ffi_bh4_transform_bwd(residuals, du):
 _ffi_bh4_transform.defvjp(_ffi_bh4_transform_fwd, _ffi_bh4_transform_bwd)
 
 
+def _check_transform_args(x, kernel, implementation, *others):
+  """Validates the BH4 operands and returns the implementation to run.
+
+  `others` are further operands that must be float32 for the kernel.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+    )
+  _check_floating("x", x)
+  _check_floating("kernel", kernel)
+  if kernel.ndim != 5 or kernel.shape[-1] != kernel.shape[-2]:
+    raise ValueError(
+        "kernel must have shape [R, F, NB, b, b] of square b x b blocks, got"
+        f" {kernel.shape}"
+    )
+  if min(kernel.shape) < 1:
+    raise ValueError(
+        f"every dimension of kernel must be at least 1, got {kernel.shape}"
+    )
+  _, _, num_blocks, block_size, _ = kernel.shape
+  padded = num_blocks * block_size
+  if not is_power_of_two(padded):
+    raise ValueError(
+        f"kernel {kernel.shape} must have NB * b a power of two, got"
+        f" {num_blocks} * {block_size} = {padded}"
+    )
+  if x.ndim < 1 or x.shape[-1] > padded:
+    raise ValueError(
+        f"x must have shape [..., d] with d <= NB * b = {padded}, got {x.shape}"
+    )
+  operands = (x, kernel) + others
+  float32 = all(a.dtype == jnp.float32 for a in operands)
+  if implementation == "ffi" and not float32:
+    dtypes_text = ", ".join(str(a.dtype) for a in operands)
+    raise ValueError(
+        f"implementation='ffi' needs float32 operands, got {dtypes_text}; cast"
+        " them with .astype(jnp.float32) or pass implementation='reference'"
+    )
+  if implementation == "auto" and not float32:
+    return "reference"
+  return implementation
+
+
 def bh4_transform(
     x: jax.Array, kernel: jax.Array, *, implementation: str = "auto"
 ) -> jax.Array:
@@ -178,42 +224,10 @@ def bh4_transform(
   Returns:
     `[..., R * D']` of the promoted dtype of x and kernel.
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
-    )
   x, kernel = jnp.asarray(x), jnp.asarray(kernel)
-  _check_floating("x", x)
-  _check_floating("kernel", kernel)
-  if kernel.ndim != 5 or kernel.shape[-1] != kernel.shape[-2]:
-    raise ValueError(
-        "kernel must have shape [R, F, NB, b, b] of square b x b blocks, got"
-        f" {kernel.shape}"
-    )
-  if min(kernel.shape) < 1:
-    raise ValueError(
-        f"every dimension of kernel must be at least 1, got {kernel.shape}"
-    )
+  implementation = _check_transform_args(x, kernel, implementation)
   repeats, _, num_blocks, block_size, _ = kernel.shape
   padded = num_blocks * block_size
-  if not is_power_of_two(padded):
-    raise ValueError(
-        f"kernel {kernel.shape} must have NB * b a power of two, got"
-        f" {num_blocks} * {block_size} = {padded}"
-    )
-  if x.ndim < 1 or x.shape[-1] > padded:
-    raise ValueError(
-        f"x must have shape [..., d] with d <= NB * b = {padded}, got {x.shape}"
-    )
-  float32 = x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-  if implementation == "ffi" and not float32:
-    raise ValueError(
-        "implementation='ffi' needs float32 x and kernel, got"
-        f" {x.dtype} and {kernel.dtype}; cast them with .astype(jnp.float32)"
-        " or pass implementation='reference'"
-    )
-  if implementation == "auto" and not float32:
-    implementation = "reference"
 
   batch_shape = x.shape[:-1]
   x_MxD = x.reshape(math.prod(batch_shape), x.shape[-1])
@@ -225,6 +239,122 @@ def bh4_transform(
       kernel,
   )
   return u.reshape(batch_shape + (repeats * padded,))
+
+
+def _tile_columns(x_MxD, out_features):
+  """Repeats the columns of `x_MxD` and cuts them to `out_features`."""
+  copies = -(-out_features // x_MxD.shape[-1])
+  return jnp.tile(x_MxD, (1, copies))[:, :out_features]
+
+
+def _reference_bh4_projection(x_MxD, kernel_RxFxNxBxB, bias_O, mix):
+  out_features = bias_O.shape[-1]
+  projected = _reference_bh4_transform(x_MxD, kernel_RxFxNxBxB)[:, :out_features]
+  return mix * projected + (1.0 - mix) * _tile_columns(x_MxD, out_features) + bias_O
+
+
+def _ffi_bh4_projection_call(x_MxD, kernel_RxFxNxBxB, bias_O, mix):
+  out_shape = x_MxD.shape[:-1] + bias_O.shape[-1:]
+  return jax.ffi.ffi_call(
+      "lookupffn_bh4_mix_fwd",
+      jax.ShapeDtypeStruct(out_shape, jnp.float32),
+      vmap_method=_VMAP_METHOD,
+  )(
+      x_MxD,
+      kernel_RxFxNxBxB,
+      bias_O,
+      mix=np.float32(mix),
+      rest=np.float32(1.0 - mix),
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ffi_bh4_projection(x_MxD, kernel_RxFxNxBxB, bias_O, mix):
+  return _ffi_bh4_projection_call(x_MxD, kernel_RxFxNxBxB, bias_O, mix)
+
+
+def _ffi_bh4_projection_fwd(x_MxD, kernel_RxFxNxBxB, bias_O, mix):
+  z = _ffi_bh4_projection_call(x_MxD, kernel_RxFxNxBxB, bias_O, mix)
+  return z, (x_MxD, kernel_RxFxNxBxB, bias_O)
+
+
+def _ffi_bh4_projection_bwd(mix, residuals, dz_MxO):
+  x_MxD, kernel_RxFxNxBxB, bias_O = residuals
+  num_tokens, in_features = x_MxD.shape[-2:]
+  repeats, _, num_blocks, block_size, _ = kernel_RxFxNxBxB.shape[-5:]
+  out_features = dz_MxO.shape[-1]
+  # Under vmap the residuals and dz may have leading batch dimensions.
+  lead = dz_MxO.shape[:-2]
+  du = jnp.pad(
+      mix * dz_MxO,
+      [(0, 0)] * (dz_MxO.ndim - 1)
+      + [(0, repeats * num_blocks * block_size - out_features)],
+  )
+  dx_MxD, dkernel = _ffi_bh4_transform_bwd((x_MxD, kernel_RxFxNxBxB), du)
+  # x_tiled column c is x column c mod d, so its gradient folds dz back.
+  copies = -(-out_features // in_features)
+  folded = jnp.pad(
+      dz_MxO,
+      [(0, 0)] * (dz_MxO.ndim - 1) + [(0, copies * in_features - out_features)],
+  ).reshape(lead + (num_tokens, copies, in_features))
+  dx_MxD = dx_MxD + (1.0 - mix) * folded.sum(axis=-2)
+  dbias = dz_MxO.sum(axis=-2)
+  return dx_MxD, dkernel, dbias.reshape(bias_O.shape)
+
+
+_ffi_bh4_projection.defvjp(_ffi_bh4_projection_fwd, _ffi_bh4_projection_bwd)
+
+
+def bh4_projection(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    *,
+    mix: float,
+    implementation: str = "auto",
+) -> jax.Array:
+  """Computes the BH4 layer: `mix * BH4(x) + (1 - mix) * x_tiled + bias`.
+
+  BH4(x) is `bh4_transform(x, kernel)` cut to out_features = bias.shape[-1]
+  columns, and x_tiled repeats `x` along its last axis, cut the same way.
+  The "ffi" implementation writes the sum from the kernel's cache-resident
+  tiles, so the `[..., R * D']` transform is never stored.
+
+  Args:
+    x: floating `[..., d]` with 1 <= d <= D'.
+    kernel: floating `[R, F, NB, b, b]` blocks, NB * b a power of two.
+    bias: floating `[out_features]` with out_features <= R * D'.
+    mix: weight of BH4(x), a Python float.
+    implementation: "auto", "ffi" or "reference", as for `bh4_transform`.
+
+  Returns:
+    `[..., out_features]` of the promoted dtype of x, kernel and bias.
+  """
+  x, kernel, bias = jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias)
+  _check_floating("bias", bias)
+  implementation = _check_transform_args(x, kernel, implementation, bias)
+  if not isinstance(mix, numbers.Real) or isinstance(mix, bool):
+    raise ValueError(f"mix must be a Python float, got {mix!r}; pass float(mix)")
+  repeats, _, num_blocks, block_size, _ = kernel.shape
+  if bias.ndim != 1 or not 1 <= bias.shape[0] <= repeats * num_blocks * block_size:
+    raise ValueError(
+        "bias must have shape [out_features] with 1 <= out_features <= R * D'"
+        f" = {repeats * num_blocks * block_size}, got {bias.shape}"
+    )
+  if x.shape[-1] < 1:
+    raise ValueError(f"x must have at least one feature, got shape {x.shape}")
+
+  batch_shape = x.shape[:-1]
+  x_MxD = x.reshape(math.prod(batch_shape), x.shape[-1])
+  z = _extension.dispatch(
+      implementation,
+      lambda x, k, b: _ffi_bh4_projection(x, k, b, float(mix)),
+      functools.partial(_reference_bh4_projection, mix=float(mix)),
+      x_MxD,
+      kernel,
+      bias,
+  )
+  return z.reshape(batch_shape + bias.shape)
 
 
 def _householder_orthogonal(gaussian: jax.Array) -> jax.Array:
@@ -401,17 +531,15 @@ class BH4(nn.Module):
     )
     bias = self.param("bias", self.bias_init, (self.out_features,), self.param_dtype)
     x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    batch_shape = x.shape[:-1]
-
     if self.implementation == "ffi" and x.dtype != jnp.float32:
       # The kernel computes in float32, as `lookup` does for LookupFFN.
-      projected = bh4_transform(
-          x.astype(jnp.float32), kernel.astype(jnp.float32), implementation="ffi"
+      return bh4_projection(
+          x.astype(jnp.float32),
+          kernel.astype(jnp.float32),
+          bias.astype(jnp.float32),
+          mix=self.mix,
+          implementation="ffi",
       ).astype(x.dtype)
-    else:
-      projected = bh4_transform(x, kernel, implementation=self.implementation)
-    projected = projected[..., : self.out_features]
-
-    copies = -(-self.out_features // in_features)
-    x_tiled = jnp.tile(x, (1,) * len(batch_shape) + (copies,))[..., : self.out_features]
-    return self.mix * projected + (1.0 - self.mix) * x_tiled + bias
+    return bh4_projection(
+        x, kernel, bias, mix=self.mix, implementation=self.implementation
+    )

@@ -53,6 +53,20 @@ def _assert_close(actual, expected, rtol=2e-5):
     np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
+def _assert_same_for_thread_counts(fn, inputs):
+  """Checks that `fn(*inputs)` is bitwise the same with 1, 2 and 3 threads."""
+  results = []
+  try:
+    for threads in (1, 2, 3):
+      ext.set_max_threads(threads)
+      results.append(jax.device_get(fn(*inputs)))
+  finally:
+    ext.set_max_threads(0)
+  for other in results[1:]:
+    for a, b in zip(results[0], other):
+      np.testing.assert_array_equal(a, b)
+
+
 # (tokens, d, [R, F, NB, b, b]): the 6-row micro-kernel and its tails,
 # 16- and 8-column strips, the scalar path for b < 8, widths below 8 and
 # padded inputs, several tiles of 48 tokens, more than one backward step of
@@ -112,17 +126,8 @@ def test_transform_ffi_zero_tokens():
 
 @requires_ffi
 def test_transform_same_result_for_any_thread_count():
-  x, kernel, du = _transform_inputs(2, 500, 512, (2, 4, 8, 64, 64))
-  results = []
-  try:
-    for threads in (1, 2, 3):
-      ext.set_max_threads(threads)
-      results.append(jax.device_get(_ffi_value_and_grads(x, kernel, du)))
-  finally:
-    ext.set_max_threads(0)
-  for other in results[1:]:
-    for a, b in zip(results[0], other):
-      np.testing.assert_array_equal(a, b)
+  inputs = _transform_inputs(2, 500, 512, (2, 4, 8, 64, 64))
+  _assert_same_for_thread_counts(_ffi_value_and_grads, inputs)
 
 
 @requires_ffi
@@ -223,7 +228,7 @@ def test_transform_auto_uses_reference_for_bfloat16():
 @requires_ffi
 def test_transform_ffi_rejects_bfloat16():
   x, kernel, _ = _transform_inputs(7, 3, 16, (1, 4, 2, 8, 8))
-  with pytest.raises(ValueError, match="needs float32 x and kernel, got bfloat16"):
+  with pytest.raises(ValueError, match="needs float32 operands, got bfloat16"):
     bh4.bh4_transform(x.astype(jnp.bfloat16), kernel, implementation="ffi")
 
 
@@ -252,3 +257,193 @@ def test_transform_rejects_integer_inputs(implementation):
 def test_transform_rejects_unknown_implementation():
   with pytest.raises(ValueError, match="got 'cuda'"):
     bh4.bh4_transform(jnp.ones((1, 4)), jnp.ones((1, 4, 1, 4, 4)), implementation="cuda")
+
+
+# ---------------------------------------------------------------------------
+# bh4_projection: the whole layer, mix * BH4(x) + (1 - mix) * x_tiled + bias.
+
+
+def _projection_inputs(seed, tokens, in_features, kernel_shape, out_features):
+  x, kernel, _ = _transform_inputs(seed, tokens, in_features, kernel_shape)
+  kb, kg = jax.random.split(jax.random.key(seed + 1000))
+  bias = jax.random.normal(kb, (out_features,), jnp.float32)
+  dz = jax.random.normal(kg, (tokens, out_features), jnp.float32)
+  return x, kernel, bias, dz
+
+
+def _projection_value_and_grads(implementation, mix=0.7):
+  @jax.jit
+  def value_and_grads(x, kernel, bias, dz):
+    fn = lambda x, k, b: bh4.bh4_projection(
+        x, k, b, mix=mix, implementation=implementation
+    )
+    z, vjp = jax.vjp(fn, x, kernel, bias)
+    return (z,) + vjp(dz)
+
+  return value_and_grads
+
+
+_ffi_projection = _projection_value_and_grads("ffi")
+_reference_projection = _projection_value_and_grads("reference")
+
+
+def _assert_projection_close(actual, expected, rtol=2e-5):
+  for name, a, e in zip(("z", "dx", "dkernel", "dbias"), actual, expected):
+    scale = max(float(jnp.max(jnp.abs(e), initial=0.0)), 1.0)
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=name)
+
+
+# (tokens, d, kernel shape, out_features): the LookupFFN shape; out_features
+# below D', cut inside the last repeat, not a multiple of d, below d, and a
+# kernel with more repeats than out_features uses; one token and several
+# tiles of 48.
+PROJECTION_CASES = [
+    (100, 512, (2, 4, 8, 64, 64), 1024),
+    (7, 512, (2, 4, 8, 64, 64), 700),
+    (5, 48, (2, 4, 4, 16, 16), 96),
+    (1, 3, (3, 2, 1, 4, 4), 10),
+    (50, 100, (1, 4, 8, 16, 16), 128),
+    (9, 16, (1, 4, 4, 4, 4), 5),
+    (3, 16, (3, 4, 4, 4, 4), 20),
+    (97, 1, (2, 1, 1, 1, 1), 2),
+]
+
+
+@requires_ffi
+@pytest.mark.parametrize(
+    "tokens,in_features,kernel_shape,out_features", PROJECTION_CASES
+)
+def test_projection_ffi_matches_reference(
+    tokens, in_features, kernel_shape, out_features
+):
+  inputs = _projection_inputs(11, tokens, in_features, kernel_shape, out_features)
+  _assert_projection_close(_ffi_projection(*inputs), _reference_projection(*inputs))
+
+
+@requires_ffi
+@pytest.mark.parametrize("mix", [0.0, 0.25, 1.0])
+def test_projection_ffi_matches_reference_for_any_mix(mix):
+  inputs = _projection_inputs(12, 20, 24, (2, 4, 2, 16, 16), 40)
+  _assert_projection_close(
+      _projection_value_and_grads("ffi", mix)(*inputs),
+      _projection_value_and_grads("reference", mix)(*inputs),
+  )
+
+
+@requires_ffi
+def test_projection_ffi_zero_tokens():
+  x, kernel, bias, dz = _projection_inputs(13, 0, 16, (1, 4, 2, 8, 8), 16)
+  z, dx, dkernel, dbias = _ffi_projection(x, kernel, bias, dz)
+  assert z.shape == (0, 16) and dx.shape == (0, 16)
+  np.testing.assert_array_equal(dkernel, np.zeros_like(kernel))
+  np.testing.assert_array_equal(dbias, np.zeros_like(bias))
+
+
+@requires_ffi
+def test_projection_same_result_for_any_thread_count():
+  inputs = _projection_inputs(14, 300, 512, (2, 4, 8, 64, 64), 1000)
+  _assert_same_for_thread_counts(_ffi_projection, inputs)
+
+
+@requires_ffi
+def test_projection_keeps_batch_shape():
+  x, kernel, bias, _ = _projection_inputs(15, 2 * 3 * 5, 24, (2, 4, 2, 16, 16), 40)
+  x = x.reshape(2, 3, 5, 24)
+  z = bh4.bh4_projection(x, kernel, bias, mix=0.7, implementation="ffi")
+  expected = bh4.bh4_projection(x, kernel, bias, mix=0.7, implementation="reference")
+  assert z.shape == (2, 3, 5, 40)
+  np.testing.assert_allclose(z, expected, rtol=2e-5, atol=2e-5)
+
+
+@requires_ffi
+@pytest.mark.parametrize(
+    "in_axes",
+    [(0, None, None, 0), (None, 0, None, None), (None, None, 0, None), (0, 0, 0, 0)],
+    ids=["x", "kernel", "bias", "all"],
+)
+def test_projection_under_vmap(in_axes):
+  x, kernel, bias, dz = _projection_inputs(16, 3 * 6, 24, (2, 4, 2, 16, 16), 40)
+  stacked = {
+      "x": x.reshape(3, 6, 24),
+      "kernel": jnp.stack([kernel, 2 * kernel, -kernel]),
+      "bias": jnp.stack([bias, -bias, 3 * bias]),
+      "dz": dz.reshape(3, 6, 40),
+  }
+  plain = {"x": x[:6], "kernel": kernel, "bias": bias, "dz": dz[:6]}
+  args = [
+      stacked[name] if axis == 0 else plain[name]
+      for name, axis in zip(("x", "kernel", "bias", "dz"), in_axes)
+  ]
+  _assert_projection_close(
+      jax.vmap(_ffi_projection, in_axes=in_axes)(*args),
+      jax.vmap(_reference_projection, in_axes=in_axes)(*args),
+  )
+
+
+@requires_ffi
+def test_projection_jacrev():
+  x, kernel, bias, _ = _projection_inputs(17, 3, 6, (2, 2, 2, 4, 4), 12)
+  jacobians = {
+      impl: jax.jacrev(
+          lambda x, k, b, impl=impl: bh4.bh4_projection(
+              x, k, b, mix=0.6, implementation=impl
+          ),
+          argnums=(0, 1, 2),
+      )(x, kernel, bias)
+      for impl in ("ffi", "reference")
+  }
+  for got, want in zip(jacobians["ffi"], jacobians["reference"]):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_projection_auto_uses_reference_for_bfloat16_bias():
+  x, kernel, bias, _ = _projection_inputs(18, 4, 16, (1, 4, 2, 8, 8), 16)
+  z = bh4.bh4_projection(x, kernel, bias.astype(jnp.bfloat16), mix=0.7)
+  assert z.dtype == jnp.float32
+  expected = bh4.bh4_projection(
+      x, kernel, bias.astype(jnp.bfloat16), mix=0.7, implementation="reference"
+  )
+  np.testing.assert_array_equal(z, expected)
+
+
+@pytest.mark.parametrize(
+    "bias_shape,message",
+    [
+        ((17,), r"1 <= out_features <= R \* D' = 16, got \(17,\)"),
+        ((0,), r"got \(0,\)"),
+        ((2, 8), r"bias must have shape \[out_features\]"),
+    ],
+)
+def test_projection_rejects_bad_bias(bias_shape, message):
+  with pytest.raises(ValueError, match=message):
+    bh4.bh4_projection(
+        jnp.ones((2, 16)), jnp.ones((1, 4, 2, 8, 8)), jnp.ones(bias_shape), mix=0.7
+    )
+
+
+def test_projection_rejects_empty_input_width():
+  with pytest.raises(ValueError, match=r"at least one feature, got shape \(2, 0\)"):
+    bh4.bh4_projection(
+        jnp.ones((2, 0)), jnp.ones((1, 4, 2, 8, 8)), jnp.ones(16), mix=0.7
+    )
+
+
+@pytest.mark.parametrize("mix", [jnp.float32(0.7), True, "0.7"])
+def test_projection_rejects_array_mix(mix):
+  with pytest.raises(ValueError, match="mix must be a Python float"):
+    bh4.bh4_projection(
+        jnp.ones((2, 16)), jnp.ones((1, 4, 2, 8, 8)), jnp.ones(16), mix=mix
+    )
+
+
+def test_projection_ffi_rejects_bfloat16_bias():
+  with pytest.raises(
+      ValueError, match="needs float32 operands, got float32, float32, bfloat16"
+  ):
+    bh4.bh4_projection(
+        jnp.ones((2, 16), jnp.float32),
+        jnp.ones((1, 4, 2, 8, 8), jnp.float32),
+        jnp.ones(16, jnp.bfloat16),
+        mix=0.7,
+        implementation="ffi",
+    )

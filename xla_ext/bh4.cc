@@ -68,14 +68,15 @@ void StoreByBlock(const Bh4Shape& s, int64_t tokens, int64_t first,
   }
 }
 
-// Applies all F factors of repeat r to one tile and writes the result to
-// `out`, rows out_stride apart. a and v are [rows, D'] scratch buffers, and
-// a contains the padded input.
-void ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
-                 float* a, float* v, float* out, int64_t out_stride) {
+// Applies all F factors of repeat r to one tile. a and v are [rows, D']
+// scratch buffers, and a contains the padded input. The result goes to
+// `out`, rows out_stride apart, or stays in scratch when out is null.
+// Returns a pointer to the result.
+float* ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
+                   float* a, float* v, float* out, int64_t out_stride) {
   const int64_t width = s.width();
   for (int64_t f = 0; f < s.factors; ++f) {
-    const bool last = f + 1 == s.factors;
+    const bool last = f + 1 == s.factors && out != nullptr;
     float* dst = last ? out : v;
     const int64_t dst_stride = last ? out_stride : width;
     BlockDiagonalMultiply(rows, s.num_blocks, s.block_size, a, width,
@@ -83,25 +84,80 @@ void ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
     HadamardRows(rows, width, dst, dst_stride);
     std::swap(a, v);
   }
+  return out != nullptr ? out : a;
 }
 
+// The BH4 layer's output: z = mix * u + (1 - mix) * x_tiled + bias, where
+// x_tiled repeats each input row and both are cut to out_features columns.
+struct Mix {
+  float mix;
+  float rest;  // 1 - mix, rounded from double as jnp does.
+  const float* bias;
+  int64_t out_features;
+};
+
+// Writes columns [r * D', r * D' + columns) of z for one tile from the
+// repeat's transform u [rows, D'].
+void MixTile(const Bh4Shape& s, const Mix& mix, int64_t rows, int64_t r,
+             int64_t columns, const float* u, const float* x, float* z) {
+  const int64_t width = s.width();
+  const int64_t d = s.in_width;
+  const int64_t first = r * width;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* u_m = u + m * width;
+    const float* x_m = x + m * d;
+    float* z_m = z + m * mix.out_features + first;
+    const float* bias = mix.bias + first;
+    // Column first + c reads input column (first + c) mod d, so the loop
+    // walks runs that do not wrap.
+    int64_t c = 0;
+    int64_t source = first % d;
+    while (c < columns) {
+      const int64_t run = std::min(columns - c, d - source);
+      for (int64_t i = 0; i < run; ++i) {
+        z_m[c + i] = mix.mix * u_m[c + i] + mix.rest * x_m[source + i] +
+                     bias[c + i];
+      }
+      c += run;
+      source = 0;
+    }
+  }
+}
+
+// Runs the transform, or with `mix` the whole BH4 layer, on every token.
+// Without mix, u is [M, R * D']. With it, u is z [M, out_features].
 void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
-                const float* kernel, float* u) {
+                const float* kernel, const Mix* mix, float* u) {
   const int64_t width = s.width();
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  const int64_t out_width =
+      mix != nullptr ? mix->out_features : s.repeats * width;
   // Repeats are separate work items, so a single token still uses R
   // threads, each reading its own repeat's blocks.
   ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
     const int64_t tile = item / s.repeats;
     const int64_t r = item % s.repeats;
+    const int64_t columns =
+        mix != nullptr ? std::min(width, mix->out_features - r * width)
+                       : width;
+    if (columns <= 0) return;
     const int64_t first = tile * kTokensPerTile;
     const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
     std::vector<float> scratch(2 * rows * width);
     float* a = scratch.data();
     float* v = a + rows * width;
-    LoadPadded(s, rows, x + first * s.in_width, a);
-    ForwardTile(s, rows, kernel + r * s.factors * s.factor_elements(), a, v,
-                u + first * s.repeats * width + r * width, s.repeats * width);
+    const float* x_tile = x + first * s.in_width;
+    LoadPadded(s, rows, x_tile, a);
+    const float* kernel_r = kernel + r * s.factors * s.factor_elements();
+    if (mix == nullptr) {
+      ForwardTile(s, rows, kernel_r, a, v, u + first * out_width + r * width,
+                  out_width);
+    } else {
+      const float* transformed =
+          ForwardTile(s, rows, kernel_r, a, v, nullptr, 0);
+      MixTile(s, *mix, rows, r, columns, transformed, x_tile,
+              u + first * out_width);
+    }
   });
 }
 
@@ -235,18 +291,26 @@ ffi::Error ReadBh4Shape(const char* op, Dims x, Dims kernel, Bh4Shape* s) {
   return ffi::Error::Success();
 }
 
+// Checks the batch dimensions of every operand, x and kernel first, and
+// reads the shape from those two.
+ffi::Error ReadOperands(const char* op, const std::vector<Dims>& dims,
+                        const std::vector<size_t>& base_ranks,
+                        const std::vector<const char*>& names,
+                        BatchIndexer* batch, Bh4Shape* s) {
+  if (auto e = batch->Init(op, dims, base_ranks, names); e.failure()) {
+    return e;
+  }
+  return ReadBh4Shape(op, dims[0], dims[1], s);
+}
+
 ffi::Error Bh4ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           ffi::Buffer<ffi::F32> kernel,
                           ffi::ResultBuffer<ffi::F32> u) {
   constexpr const char* kOp = "bh4_transform";
   BatchIndexer batch;
-  if (auto e = batch.Init(kOp, {x.dimensions(), kernel.dimensions()}, {2, 5},
-                          {"x", "kernel"});
-      e.failure()) {
-    return e;
-  }
   Bh4Shape s;
-  if (auto e = ReadBh4Shape(kOp, x.dimensions(), kernel.dimensions(), &s);
+  if (auto e = ReadOperands(kOp, {x.dimensions(), kernel.dimensions()}, {2, 5},
+                            {"x", "kernel"}, &batch, &s);
       e.failure()) {
     return e;
   }
@@ -255,8 +319,43 @@ ffi::Error Bh4ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   }
   for (int64_t i = 0; i < batch.size(); ++i) {
     Bh4Forward(pool, s, x.typed_data() + batch.Offset(0, i),
-               kernel.typed_data() + batch.Offset(1, i),
+               kernel.typed_data() + batch.Offset(1, i), nullptr,
                u->typed_data() + i * s.tokens * s.repeats * s.width());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> kernel,
+                             ffi::Buffer<ffi::F32> bias, float mix, float rest,
+                             ffi::ResultBuffer<ffi::F32> z) {
+  constexpr const char* kOp = "bh4_projection";
+  BatchIndexer batch;
+  Bh4Shape s;
+  if (auto e = ReadOperands(
+          kOp, {x.dimensions(), kernel.dimensions(), bias.dimensions()},
+          {2, 5, 1}, {"x", "kernel", "bias"}, &batch, &s);
+      e.failure()) {
+    return e;
+  }
+  const Dims bias_dims = bias.dimensions();
+  const int64_t out_features = bias_dims[bias_dims.size() - 1];
+  if (out_features > s.repeats * s.width() ||
+      (out_features > 0 && s.in_width < 1)) {
+    return Invalid(kOp, "bias " + ShapeString(bias_dims) +
+                            " must have at most R * D' = " +
+                            std::to_string(s.repeats * s.width()) +
+                            " features, and x at least one");
+  }
+  if (!batch.IsOutput(z->dimensions(), {s.tokens, out_features})) {
+    return Invalid(kOp, "output shape " + ShapeString(z->dimensions()));
+  }
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    const Mix m{mix, rest, bias.typed_data() + batch.Offset(2, i),
+                out_features};
+    Bh4Forward(pool, s, x.typed_data() + batch.Offset(0, i),
+               kernel.typed_data() + batch.Offset(1, i), &m,
+               z->typed_data() + i * s.tokens * out_features);
   }
   return ffi::Error::Success();
 }
@@ -268,14 +367,10 @@ ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                            ffi::ResultBuffer<ffi::F32> dkernel) {
   constexpr const char* kOp = "bh4_transform (backward)";
   BatchIndexer batch;
-  if (auto e = batch.Init(
-          kOp, {x.dimensions(), kernel.dimensions(), du.dimensions()},
-          {2, 5, 2}, {"x", "kernel", "output gradient"});
-      e.failure()) {
-    return e;
-  }
   Bh4Shape s;
-  if (auto e = ReadBh4Shape(kOp, x.dimensions(), kernel.dimensions(), &s);
+  if (auto e = ReadOperands(
+          kOp, {x.dimensions(), kernel.dimensions(), du.dimensions()},
+          {2, 5, 2}, {"x", "kernel", "output gradient"}, &batch, &s);
       e.failure()) {
     return e;
   }
@@ -325,6 +420,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4FwdHandler, Bh4ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kernel
                                   .Ret<ffi::Buffer<ffi::F32>>()  // u
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4MixFwdHandler, Bh4MixForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<float>("mix")
+                                  .Attr<float>("rest")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // z
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4BwdHandler, Bh4BackwardImpl,

@@ -19,6 +19,11 @@ namespace lookupffn {
 // (x f32[..., M, d], kernel f32[..., R, F, NB, b, b]) -> u f32[..., M, R*D']
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4FwdHandler);
 
+// The BH4 layer: (x, kernel, bias f32[..., out]; attributes mix, rest)
+//   -> z f32[..., M, out] = mix * u[:, :out] + rest * x_tiled + bias,
+// where x_tiled repeats each row of x and is cut to out columns.
+XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4MixFwdHandler);
+
 // (x, kernel, du f32[..., M, R*D'])
 //   -> (dx f32[..., M, d], dkernel f32[..., R, F, NB, b, b])
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4BwdHandler);
