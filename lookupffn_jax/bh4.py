@@ -34,6 +34,11 @@ from flax.linen import dtypes
 from flax.typing import Dtype, Initializer
 
 from lookupffn_jax import _extension
+from lookupffn_jax import reference
+from lookupffn_jax.lookup import MAX_CODE_LENGTH
+from lookupffn_jax.lookup import hash_codes
+from lookupffn_jax.lookup import lookup
+from lookupffn_jax.lookup import weighted_gather
 
 NUM_FACTORS = 4
 IMPLEMENTATIONS = ("auto", "ffi", "reference")
@@ -305,6 +310,22 @@ def _ffi_bh4_projection_bwd(mix, residuals, dz_MxO):
 _ffi_bh4_projection.defvjp(_ffi_bh4_projection_fwd, _ffi_bh4_projection_bwd)
 
 
+def _check_projection_args(x, kernel, bias, mix):
+  """Validates the operands of `bh4_projection` beyond `_check_transform_args`."""
+  _check_floating("bias", bias)
+  if not isinstance(mix, numbers.Real) or isinstance(mix, bool):
+    raise ValueError(f"mix must be a Python float, got {mix!r}; pass float(mix)")
+  repeats, _, num_blocks, block_size, _ = kernel.shape
+  width = repeats * num_blocks * block_size
+  if bias.ndim != 1 or not 1 <= bias.shape[0] <= width:
+    raise ValueError(
+        "bias must have shape [out_features] with 1 <= out_features <= R * D'"
+        f" = {width}, got {bias.shape}"
+    )
+  if x.shape[-1] < 1:
+    raise ValueError(f"x must have at least one feature, got shape {x.shape}")
+
+
 def bh4_projection(
     x: jax.Array,
     kernel: jax.Array,
@@ -331,18 +352,8 @@ def bh4_projection(
     `[..., out_features]` of the promoted dtype of x, kernel and bias.
   """
   x, kernel, bias = jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias)
-  _check_floating("bias", bias)
   implementation = _check_transform_args(x, kernel, implementation, bias)
-  if not isinstance(mix, numbers.Real) or isinstance(mix, bool):
-    raise ValueError(f"mix must be a Python float, got {mix!r}; pass float(mix)")
-  repeats, _, num_blocks, block_size, _ = kernel.shape
-  if bias.ndim != 1 or not 1 <= bias.shape[0] <= repeats * num_blocks * block_size:
-    raise ValueError(
-        "bias must have shape [out_features] with 1 <= out_features <= R * D'"
-        f" = {repeats * num_blocks * block_size}, got {bias.shape}"
-    )
-  if x.shape[-1] < 1:
-    raise ValueError(f"x must have at least one feature, got shape {x.shape}")
+  _check_projection_args(x, kernel, bias, mix)
 
   batch_shape = x.shape[:-1]
   x_MxD = x.reshape(math.prod(batch_shape), x.shape[-1])
@@ -355,6 +366,171 @@ def bh4_projection(
       bias,
   )
   return z.reshape(batch_shape + bias.shape)
+
+
+def _with_gradient_of(fused, unfused):
+  """Returns `fused`, differentiated as `unfused`, which computes the same values.
+
+  Without differentiation only `fused` runs. Under `jax.grad` the forward
+  pass runs `unfused` and keeps its residuals for the backward pass.
+  """
+  fn = jax.custom_vjp(fused)
+  fn.defvjp(lambda *args: jax.vjp(unfused, *args), lambda vjp, ct: vjp(ct))
+  return fn
+
+
+def _split_tables(z, num_tables):
+  """Reshapes `[..., T * K]` projections to `[..., T, K]`."""
+  return z.reshape(z.shape[:-1] + (num_tables, z.shape[-1] // num_tables))
+
+
+def _ffi_bh4_hash_codes(x_MxD, kernel_RxFxNxBxB, bias_O, mix, num_tables):
+  out_shape = x_MxD.shape[:-1] + (num_tables,)
+  return jax.ffi.ffi_call(
+      "lookupffn_bh4_hash",
+      (
+          jax.ShapeDtypeStruct(out_shape, jnp.int32),
+          jax.ShapeDtypeStruct(out_shape, jnp.float32),
+      ),
+      vmap_method=_VMAP_METHOD,
+  )(
+      x_MxD,
+      kernel_RxFxNxBxB,
+      bias_O,
+      mix=np.float32(mix),
+      rest=np.float32(1.0 - mix),
+  )
+
+
+def _reference_bh4_hash_codes(x_MxD, kernel_RxFxNxBxB, bias_O, mix, num_tables):
+  z = _reference_bh4_projection(x_MxD, kernel_RxFxNxBxB, bias_O, mix)
+  return reference.hash_codes(_split_tables(z, num_tables))
+
+
+def _check_num_tables(num_tables, out_features):
+  if (
+      not _is_int(num_tables)
+      or num_tables < 1
+      or out_features % num_tables
+      or out_features // num_tables > MAX_CODE_LENGTH
+  ):
+    raise ValueError(
+        f"num_tables must divide out_features = {out_features} into tables of"
+        f" 1 to {MAX_CODE_LENGTH} projections, got {num_tables!r}"
+    )
+
+
+def bh4_hash_codes(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    *,
+    mix: float,
+    num_tables: int,
+    implementation: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
+  """Hashes the BH4 layer's output: `hash_codes` of `bh4_projection`, split into tables.
+
+  The "ffi" implementation hashes each tile of z while it is in cache, so
+  the `[..., out_features]` projections are never stored. Its codes and
+  scores are bitwise those that `lookup`'s kernel computes from the "ffi"
+  `bh4_projection` output.
+
+  Args:
+    x, kernel, bias, mix, implementation: as for `bh4_projection`.
+    num_tables: number of tables T. T must divide out_features into
+      K = out_features / T projections per table, K from 1 to 16.
+
+  Returns:
+    `(codes, scores)`: int32 `[..., T]` and float32 `[..., T]`. Only the
+    scores carry a gradient, computed through the stored projections.
+  """
+  x, kernel, bias = jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias)
+  implementation = _check_transform_args(x, kernel, implementation, bias)
+  _check_projection_args(x, kernel, bias, mix)
+  _check_num_tables(num_tables, bias.shape[-1])
+  mix = float(mix)
+
+  def unfused(x, kernel, bias):
+    z = bh4_projection(x, kernel, bias, mix=mix, implementation=implementation)
+    return hash_codes(_split_tables(z, num_tables))
+
+  if implementation == "reference":
+    return unfused(x, kernel, bias)
+  batch_shape = x.shape[:-1]
+
+  def fused(x, kernel, bias):
+    codes, scores = _extension.dispatch(
+        implementation,
+        lambda *args: _ffi_bh4_hash_codes(*args, mix, num_tables),
+        lambda *args: _reference_bh4_hash_codes(*args, mix, num_tables),
+        x.reshape(math.prod(batch_shape), x.shape[-1]),
+        kernel,
+        bias,
+    )
+    return (
+        codes.reshape(batch_shape + (num_tables,)),
+        scores.reshape(batch_shape + (num_tables,)),
+    )
+
+  return _with_gradient_of(fused, unfused)(x, kernel, bias)
+
+
+def bh4_lookup(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    tables: jax.Array,
+    *,
+    mix: float,
+    estimator: str = "score",
+    implementation: str = "auto",
+) -> jax.Array:
+  """Looks up `tables` with the BH4 layer's output as projections.
+
+  Equals `lookup(bh4_projection(x, kernel, bias, mix=mix), tables)` with the
+  projections split into T = tables.shape[0] tables, and has its gradient.
+  Without differentiation the "ffi" implementation runs `bh4_hash_codes`
+  and `weighted_gather`, which never store the projections.
+
+  Args:
+    x, kernel, bias, mix: as for `bh4_projection`.
+    tables: float32 or bfloat16 `[T, 2**K, D]` with T * K = out_features.
+    estimator, implementation: as for `lookup`.
+
+  Returns:
+    float32 `[..., D]`.
+  """
+  x, kernel, bias, tables = map(jnp.asarray, (x, kernel, bias, tables))
+  implementation = _check_transform_args(x, kernel, implementation, bias)
+  _check_projection_args(x, kernel, bias, mix)
+  if tables.ndim != 3:
+    raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
+  num_tables = tables.shape[0]
+  _check_num_tables(num_tables, bias.shape[-1])
+  mix = float(mix)
+
+  def unfused(x, kernel, bias, tables):
+    z = bh4_projection(x, kernel, bias, mix=mix, implementation=implementation)
+    return lookup(
+        _split_tables(z, num_tables),
+        tables,
+        estimator=estimator,
+        implementation=implementation,
+    )
+
+  if implementation == "reference":
+    return unfused(x, kernel, bias, tables)
+
+  def fused(x, kernel, bias, tables):
+    codes, scores = bh4_hash_codes(
+        x, kernel, bias, mix=mix, num_tables=num_tables, implementation=implementation
+    )
+    return weighted_gather(
+        codes, scores, tables, implementation=implementation
+    )
+
+  return _with_gradient_of(fused, unfused)(x, kernel, bias, tables)
 
 
 def _householder_orthogonal(gaussian: jax.Array) -> jax.Array:
@@ -505,13 +681,16 @@ class BH4(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Projects `x` of shape `[..., d]` to `[..., out_features]`."""
-    if x.ndim < 1 or x.shape[-1] < 1:
+  def kernel_and_bias(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    """Returns the `[R, 4, D' / b, b, b]` blocks and the bias for input width d.
+
+    Creates them at initialisation. `LookupFFN` calls this to run the
+    projection fused with its look-up; `__call__` calls it too.
+    """
+    if not _is_int(in_features) or in_features < 1:
       raise ValueError(
-          f"x must have shape [..., d] with d >= 1 features, got {x.shape}"
+          f"x must have shape [..., d] with d >= 1 features, got d = {in_features!r}"
       )
-    in_features = x.shape[-1]
     padded = next_power_of_two(in_features)
     block_size = self.block_size
     if block_size > padded:
@@ -522,7 +701,6 @@ class BH4(nn.Module):
       )
     num_blocks = padded // block_size
     repeats = -(-self.out_features // padded)
-
     kernel = self.param(
         "kernel",
         self.kernel_init,
@@ -530,6 +708,15 @@ class BH4(nn.Module):
         self.param_dtype,
     )
     bias = self.param("bias", self.bias_init, (self.out_features,), self.param_dtype)
+    return kernel, bias
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Projects `x` of shape `[..., d]` to `[..., out_features]`."""
+    if x.ndim < 1 or x.shape[-1] < 1:
+      raise ValueError(
+          f"x must have shape [..., d] with d >= 1 features, got {x.shape}"
+      )
+    kernel, bias = self.kernel_and_bias(x.shape[-1])
     x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     if self.implementation == "ffi" and x.dtype != jnp.float32:
       # The kernel computes in float32, as `lookup` does for LookupFFN.

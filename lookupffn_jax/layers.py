@@ -178,8 +178,19 @@ class LookupFFN(nn.Module):
           implementation=self.implementation,
           name="hash_projection",
       )
-    z = projection(h)
-    z_TxK = z.reshape(z.shape[:-1] + (self.num_tables, self.code_length))
+    # A float32 BH4 projection runs with the look-up as `bh4_lookup`, whose
+    # kernels never store the projections outside a gradient computation.
+    # Under a mesh that splits the look-up, `sharded_lookup` runs instead.
+    fused = (
+        self.projection == "bh4"
+        and h.dtype == jnp.float32
+        and jnp.dtype(self.param_dtype) == jnp.float32
+        and not sharding_lib.splits_lookup()
+    )
+    if fused:
+      hash_kernel, hash_bias = projection.kernel_and_bias(h.shape[-1])
+    else:
+      z = projection(h)
 
     tables_TxSxD = self.param(
         "tables",
@@ -188,12 +199,25 @@ class LookupFFN(nn.Module):
         self.param_dtype,
     )
     bias = self.param("bias", self.bias_init, (out_features,), self.param_dtype)
-    y = sharding_lib.sharded_lookup(
-        z_TxK.astype(jnp.float32),
-        tables_TxSxD.astype(self.table_dtype or jnp.float32),
-        estimator=self.estimator,
-        implementation=self.implementation,
-    )
+    tables_TxSxD = tables_TxSxD.astype(self.table_dtype or jnp.float32)
+    if fused:
+      y = bh4_lib.bh4_lookup(
+          h,
+          hash_kernel,
+          hash_bias,
+          tables_TxSxD,
+          mix=projection.mix,
+          estimator=self.estimator,
+          implementation=self.implementation,
+      )
+    else:
+      z_TxK = z.reshape(z.shape[:-1] + (self.num_tables, self.code_length))
+      y = sharding_lib.sharded_lookup(
+          z_TxK.astype(jnp.float32),
+          tables_TxSxD,
+          estimator=self.estimator,
+          implementation=self.implementation,
+      )
     return y.astype(dtype) + bias.astype(dtype)
 
 

@@ -113,6 +113,17 @@ def lookup_partition_specs(z_ndim: int, mesh) -> tuple[P, P, P]:
   )
 
 
+def splits_lookup(mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> bool:
+  """Returns whether `mesh` (default: the one set with `jax.set_mesh`) splits the look-up.
+
+  That is, whether it has a "data" or a "tables" axis, so that
+  `sharded_lookup` runs `lookup` per shard.
+  """
+  if mesh is None:
+    mesh = jax.sharding.get_abstract_mesh()
+  return bool(set(MESH_AXES) & set(mesh.axis_names))
+
+
 def sharded_lookup(
     z: jax.Array,
     tables: jax.Array,
@@ -134,7 +145,7 @@ def sharded_lookup(
   if mesh is None:
     mesh = jax.sharding.get_abstract_mesh()
   # `lookup` also raises its errors for inputs of the wrong rank.
-  if not set(MESH_AXES) & set(mesh.axis_names) or z.ndim < 2 or tables.ndim != 3:
+  if not splits_lookup(mesh) or z.ndim < 2 or tables.ndim != 3:
     return lookup(z, tables, estimator=estimator, implementation=implementation)
 
   data_size = _axis_size(mesh, DATA_AXIS)

@@ -13,6 +13,8 @@ import scipy.linalg
 
 from lookupffn_jax import _extension
 from lookupffn_jax import bh4
+from lookupffn_jax.lookup import _ffi_lookup_fwd_call
+from lookupffn_jax.lookup import lookup
 
 ext = _extension.load()
 requires_ffi = pytest.mark.skipif(
@@ -293,10 +295,10 @@ def _assert_projection_close(actual, expected, rtol=2e-5):
     np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
-# (tokens, d, kernel shape, out_features): the LookupFFN shape; out_features
-# below D', cut inside the last repeat, not a multiple of d, below d, and a
-# kernel with more repeats than out_features uses; one token and several
-# tiles of 48.
+# (tokens, d, kernel shape, out_features). The cases cover the LookupFFN
+# shape, out_features below D' or cut inside the last repeat, not a multiple
+# of d or below d, a kernel with more repeats than out_features uses, one
+# token and several tiles of 48.
 PROJECTION_CASES = [
     (100, 512, (2, 4, 8, 64, 64), 1024),
     (7, 512, (2, 4, 8, 64, 64), 700),
@@ -334,7 +336,8 @@ def test_projection_ffi_matches_reference_for_any_mix(mix):
 def test_projection_ffi_zero_tokens():
   x, kernel, bias, dz = _projection_inputs(13, 0, 16, (1, 4, 2, 8, 8), 16)
   z, dx, dkernel, dbias = _ffi_projection(x, kernel, bias, dz)
-  assert z.shape == (0, 16) and dx.shape == (0, 16)
+  assert z.shape == (0, 16)
+  assert dx.shape == (0, 16)
   np.testing.assert_array_equal(dkernel, np.zeros_like(kernel))
   np.testing.assert_array_equal(dbias, np.zeros_like(bias))
 
@@ -447,3 +450,159 @@ def test_projection_ffi_rejects_bfloat16_bias():
         mix=0.7,
         implementation="ffi",
     )
+
+
+# ---------------------------------------------------------------------------
+# bh4_hash_codes and bh4_lookup: the layer's output hashed without storing it.
+
+# (tokens, d, kernel shape, out_features, T): the LookupFFN shape, tables
+# of 3 columns that span two repeats of D' = 4, K = 1, and K = 16.
+HASH_CASES = [
+    (100, 512, (2, 4, 8, 64, 64), 1024, 128),
+    (7, 3, (3, 2, 1, 4, 4), 12, 4),
+    (50, 24, (1, 4, 2, 16, 16), 32, 32),
+    (5, 32, (1, 4, 4, 8, 8), 32, 2),
+]
+
+
+@requires_ffi
+@pytest.mark.parametrize("tokens,in_features,kernel_shape,out_features,num_tables", HASH_CASES)
+def test_hash_codes_equal_lookup_kernel_hash(
+    tokens, in_features, kernel_shape, out_features, num_tables
+):
+  x, kernel, bias, _ = _projection_inputs(
+      19, tokens, in_features, kernel_shape, out_features
+  )
+  codes, scores = bh4.bh4_hash_codes(
+      x, kernel, bias, mix=0.7, num_tables=num_tables, implementation="ffi"
+  )
+  # The look-up kernel hashes z the same way and returns its codes and
+  # scores for the backward pass.
+  z = bh4.bh4_projection(x, kernel, bias, mix=0.7, implementation="ffi")
+  z = z.reshape(tokens, num_tables, out_features // num_tables)
+  code_length = z.shape[-1]
+  tables = jnp.zeros((num_tables, 2**code_length, 1), jnp.float32)
+  _, want_codes, want_scores = _ffi_lookup_fwd_call(z, tables)
+  np.testing.assert_array_equal(codes, want_codes)
+  np.testing.assert_array_equal(scores, want_scores)
+
+
+@requires_ffi
+@pytest.mark.parametrize("tokens,in_features,kernel_shape,out_features,num_tables", HASH_CASES)
+def test_hash_codes_match_reference(
+    tokens, in_features, kernel_shape, out_features, num_tables
+):
+  x, kernel, bias, _ = _projection_inputs(
+      20, tokens, in_features, kernel_shape, out_features
+  )
+  hashed = {
+      impl: bh4.bh4_hash_codes(
+          x, kernel, bias, mix=0.7, num_tables=num_tables, implementation=impl
+      )
+      for impl in ("ffi", "reference")
+  }
+  # A projection within rounding of 0 may take either sign, so the codes
+  # are compared where every projection is clear of 0.
+  z = bh4.bh4_projection(x, kernel, bias, mix=0.7, implementation="reference")
+  clear = jnp.all(
+      jnp.abs(z.reshape(tokens, num_tables, -1)) > 1e-4, axis=-1
+  )
+  assert float(jnp.mean(clear)) > 0.9
+  np.testing.assert_array_equal(
+      jnp.where(clear, hashed["ffi"][0], 0), jnp.where(clear, hashed["reference"][0], 0)
+  )
+  np.testing.assert_allclose(hashed["ffi"][1], hashed["reference"][1], rtol=1e-4, atol=1e-5)
+
+
+@requires_ffi
+def test_hash_scores_gradient_matches_reference():
+  x, kernel, bias, _ = _projection_inputs(21, 9, 24, (2, 4, 2, 16, 16), 40)
+  grads = {
+      impl: jax.grad(
+          lambda x, k, b, impl=impl: jnp.sum(
+              bh4.bh4_hash_codes(
+                  x, k, b, mix=0.7, num_tables=10, implementation=impl
+              )[1]
+              ** 2
+          ),
+          argnums=(0, 1, 2),
+      )(x, kernel, bias)
+      for impl in ("ffi", "reference")
+  }
+  for got, want in zip(grads["ffi"], grads["reference"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _lookup_inputs(seed, tokens, in_features, kernel_shape, num_tables, code_length):
+  out_features = num_tables * code_length
+  x, kernel, bias, _ = _projection_inputs(
+      seed, tokens, in_features, kernel_shape, out_features
+  )
+  tables = 0.1 * jax.random.normal(
+      jax.random.key(seed + 2000), (num_tables, 2**code_length, 16), jnp.float32
+  )
+  return x, kernel, bias, tables
+
+
+@requires_ffi
+@pytest.mark.parametrize("table_dtype", [jnp.float32, jnp.bfloat16])
+def test_bh4_lookup_equals_unfused_kernels(table_dtype):
+  x, kernel, bias, tables = _lookup_inputs(22, 60, 48, (2, 4, 4, 16, 16), 16, 8)
+  tables = tables.astype(table_dtype)
+  y = jax.jit(
+      lambda *args: bh4.bh4_lookup(*args, mix=0.7, implementation="ffi")
+  )(x, kernel, bias, tables)
+  z = bh4.bh4_projection(x, kernel, bias, mix=0.7, implementation="ffi")
+  want = lookup(z.reshape(60, 16, 8), tables, implementation="ffi")
+  np.testing.assert_array_equal(y, want)
+
+
+@requires_ffi
+@pytest.mark.parametrize("estimator", ["score", "straight_through"])
+def test_bh4_lookup_gradient_matches_reference(estimator):
+  x, kernel, bias, tables = _lookup_inputs(23, 30, 24, (2, 4, 2, 16, 16), 10, 4)
+  dy = jax.random.normal(jax.random.key(24), (30, 16), jnp.float32)
+  results = {}
+  for impl in ("ffi", "reference"):
+    fn = lambda *args, impl=impl: bh4.bh4_lookup(
+        *args, mix=0.7, estimator=estimator, implementation=impl
+    )
+    y, vjp = jax.vjp(fn, x, kernel, bias, tables)
+    results[impl] = (y,) + vjp(dy)
+  for name, got, want in zip(
+      ("y", "dx", "dkernel", "dbias", "dtables"), results["ffi"], results["reference"]
+  ):
+    scale = max(float(jnp.max(jnp.abs(want))), 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+
+
+@requires_ffi
+def test_bh4_lookup_under_vmap():
+  x, kernel, bias, tables = _lookup_inputs(25, 3 * 8, 24, (2, 4, 2, 16, 16), 10, 4)
+  x = x.reshape(3, 8, 24)
+  biases = jnp.stack([bias, -bias, 2 * bias])
+  mapped = {
+      impl: jax.vmap(
+          lambda x, b, impl=impl: bh4.bh4_lookup(
+              x, kernel, b, tables, mix=0.7, implementation=impl
+          )
+      )(x, biases)
+      for impl in ("ffi", "reference")
+  }
+  np.testing.assert_allclose(mapped["ffi"], mapped["reference"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "num_tables,message",
+    [(3, "got 3"), (0, "got 0"), (1, "into tables of 1 to 16 projections, got 1")],
+)
+def test_hash_codes_reject_bad_num_tables(num_tables, message):
+  x, kernel, bias, _ = _projection_inputs(26, 2, 32, (1, 4, 4, 8, 8), 32)
+  with pytest.raises(ValueError, match=message):
+    bh4.bh4_hash_codes(x, kernel, bias, mix=0.7, num_tables=num_tables)
+
+
+def test_bh4_lookup_rejects_tables_that_do_not_split_the_projections():
+  x, kernel, bias, _ = _projection_inputs(27, 2, 32, (1, 4, 4, 8, 8), 32)
+  with pytest.raises(ValueError, match="num_tables must divide out_features = 32"):
+    bh4.bh4_lookup(x, kernel, bias, jnp.ones((5, 64, 4), jnp.float32), mix=0.7)

@@ -213,6 +213,40 @@ def test_lookup_ffi_matches_reference(projection):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
 
 
+def _custom_call_targets(fn, *args) -> set[str]:
+  hlo = jax.jit(fn).lower(*args).as_text()
+  return {
+      target
+      for target in ("lookupffn_bh4_hash", "lookupffn_bh4_mix_fwd", "lookupffn_lookup_fwd")
+      if target in hlo
+  }
+
+
+def test_lookup_bh4_forward_hashes_in_the_projection_kernel():
+  layer = _lookup_ffn(projection="bh4", implementation="ffi")
+  x = jax.random.normal(jax.random.key(7), (3, 5, 24))
+  params = jax.jit(layer.init)(jax.random.key(8), x)
+  assert _custom_call_targets(layer.apply, params, x) == {"lookupffn_bh4_hash"}
+  # The gradient needs the projections, so it runs the unfused kernels.
+  loss = lambda p: jnp.sum(layer.apply(p, x) ** 2)
+  assert _custom_call_targets(jax.grad(loss), params) == {
+      "lookupffn_bh4_mix_fwd",
+      "lookupffn_lookup_fwd",
+  }
+  reference = _lookup_ffn(projection="bh4").apply(params, x)
+  np.testing.assert_allclose(layer.apply(params, x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_lookup_bh4_bfloat16_compute_runs_unfused():
+  layer = _lookup_ffn(projection="bh4", implementation="ffi", dtype=jnp.bfloat16)
+  x = jnp.ones((2, 24))
+  params = jax.jit(layer.init)(jax.random.key(9), x)
+  assert _custom_call_targets(layer.apply, params, x) == {
+      "lookupffn_bh4_mix_fwd",
+      "lookupffn_lookup_fwd",
+  }
+
+
 def test_lookup_table_dtype_rejected():
   with pytest.raises(ValueError, match="table_dtype must be float32 or bfloat16, got"):
     _lookup_ffn(table_dtype=jnp.float16)

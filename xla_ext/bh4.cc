@@ -22,6 +22,7 @@
 
 #include "batch.h"
 #include "hadamard.h"
+#include "hash.h"
 #include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -157,6 +158,49 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
           ForwardTile(s, rows, kernel_r, a, v, nullptr, 0);
       MixTile(s, *mix, rows, r, columns, transformed, x_tile,
               u + first * out_width);
+    }
+  });
+}
+
+// Destination of the hashed layer output: the code and score of every
+// table of K consecutive columns of z.
+struct HashOutput {
+  int64_t code_length;  // K
+  int32_t* codes;       // [M, T]
+  float* scores;        // [M, T]
+};
+
+// Runs the BH4 layer on every token and hashes its output, so z is never
+// stored. Work items are tiles, and each runs all repeats into a [rows,
+// out_features] buffer, because a table's K columns may span two repeats.
+void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
+             const float* kernel, const Mix& mix, const HashOutput& out) {
+  const int64_t width = s.width();
+  const int64_t tables = mix.out_features / out.code_length;
+  const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  ParallelFor(pool, tiles, [&](int64_t tile) {
+    const int64_t first = tile * kTokensPerTile;
+    const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
+    std::vector<float> scratch(2 * rows * width + rows * mix.out_features +
+                               mix.out_features);
+    float* a = scratch.data();
+    float* v = a + rows * width;
+    float* z = v + rows * width;
+    float* e = z + rows * mix.out_features;
+    const float* x_tile = x + first * s.in_width;
+    for (int64_t r = 0; r < s.repeats; ++r) {
+      const int64_t columns = std::min(width, mix.out_features - r * width);
+      if (columns <= 0) break;
+      LoadPadded(s, rows, x_tile, a);
+      const float* transformed =
+          ForwardTile(s, rows, kernel + r * s.factors * s.factor_elements(), a,
+                      v, nullptr, 0);
+      MixTile(s, mix, rows, r, columns, transformed, x_tile, z);
+    }
+    for (int64_t m = 0; m < rows; ++m) {
+      const int64_t i = (first + m) * tables;
+      HashToken(tables, out.code_length, z + m * mix.out_features, e,
+                out.codes + i, out.scores + i);
     }
   });
 }
@@ -325,6 +369,20 @@ ffi::Error Bh4ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// Reads out_features from the bias and checks it against the kernel.
+ffi::Error ReadOutFeatures(const char* op, const Bh4Shape& s, Dims bias,
+                           int64_t* out_features) {
+  *out_features = bias[bias.size() - 1];
+  if (*out_features > s.repeats * s.width() ||
+      (*out_features > 0 && s.in_width < 1)) {
+    return Invalid(op, "bias " + ShapeString(bias) +
+                           " must have at most R * D' = " +
+                           std::to_string(s.repeats * s.width()) +
+                           " features, and x at least one");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                              ffi::Buffer<ffi::F32> kernel,
                              ffi::Buffer<ffi::F32> bias, float mix, float rest,
@@ -338,14 +396,10 @@ ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       e.failure()) {
     return e;
   }
-  const Dims bias_dims = bias.dimensions();
-  const int64_t out_features = bias_dims[bias_dims.size() - 1];
-  if (out_features > s.repeats * s.width() ||
-      (out_features > 0 && s.in_width < 1)) {
-    return Invalid(kOp, "bias " + ShapeString(bias_dims) +
-                            " must have at most R * D' = " +
-                            std::to_string(s.repeats * s.width()) +
-                            " features, and x at least one");
+  int64_t out_features;
+  if (auto e = ReadOutFeatures(kOp, s, bias.dimensions(), &out_features);
+      e.failure()) {
+    return e;
   }
   if (!batch.IsOutput(z->dimensions(), {s.tokens, out_features})) {
     return Invalid(kOp, "output shape " + ShapeString(z->dimensions()));
@@ -356,6 +410,50 @@ ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     Bh4Forward(pool, s, x.typed_data() + batch.Offset(0, i),
                kernel.typed_data() + batch.Offset(1, i), &m,
                z->typed_data() + i * s.tokens * out_features);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bh4HashImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                       float mix, float rest,
+                       ffi::ResultBuffer<ffi::S32> codes,
+                       ffi::ResultBuffer<ffi::F32> scores) {
+  constexpr const char* kOp = "bh4_hash_codes";
+  BatchIndexer batch;
+  Bh4Shape s;
+  if (auto e = ReadOperands(
+          kOp, {x.dimensions(), kernel.dimensions(), bias.dimensions()},
+          {2, 5, 1}, {"x", "kernel", "bias"}, &batch, &s);
+      e.failure()) {
+    return e;
+  }
+  int64_t out_features;
+  if (auto e = ReadOutFeatures(kOp, s, bias.dimensions(), &out_features);
+      e.failure()) {
+    return e;
+  }
+  const Dims code_dims = codes->dimensions();
+  const int64_t tables = code_dims[code_dims.size() - 1];
+  if (tables < 1 || out_features % tables != 0 ||
+      out_features / tables > kMaxCodeLength) {
+    return Invalid(kOp, "codes " + ShapeString(code_dims) +
+                            " must split the " + std::to_string(out_features) +
+                            " features into tables of 1 to " +
+                            std::to_string(kMaxCodeLength) + " columns");
+  }
+  if (!batch.IsOutput(code_dims, {s.tokens, tables}) ||
+      !batch.IsOutput(scores->dimensions(), {s.tokens, tables})) {
+    return Invalid(kOp, "unexpected output shapes");
+  }
+  for (int64_t i = 0; i < batch.size(); ++i) {
+    const Mix m{mix, rest, bias.typed_data() + batch.Offset(2, i),
+                out_features};
+    const HashOutput out{out_features / tables,
+                         codes->typed_data() + i * s.tokens * tables,
+                         scores->typed_data() + i * s.tokens * tables};
+    Bh4Hash(pool, s, x.typed_data() + batch.Offset(0, i),
+            kernel.typed_data() + batch.Offset(1, i), m, out);
   }
   return ffi::Error::Success();
 }
@@ -431,6 +529,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4MixFwdHandler, Bh4MixForwardImpl,
                                   .Attr<float>("mix")
                                   .Attr<float>("rest")
                                   .Ret<ffi::Buffer<ffi::F32>>()  // z
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4HashHandler, Bh4HashImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<float>("mix")
+                                  .Attr<float>("rest")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // scores
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4BwdHandler, Bh4BackwardImpl,

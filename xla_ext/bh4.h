@@ -24,6 +24,11 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4FwdHandler);
 // where x_tiled repeats each row of x and is cut to out columns.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4MixFwdHandler);
 
+// The BH4 layer hashed: (x, kernel, bias; attributes mix, rest)
+//   -> (codes i32[..., M, T], scores f32[..., M, T]), the hash of z above
+// split into T tables of out / T columns each.
+XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4HashHandler);
+
 // (x, kernel, du f32[..., M, R*D'])
 //   -> (dx f32[..., M, d], dkernel f32[..., R, F, NB, b, b])
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4BwdHandler);

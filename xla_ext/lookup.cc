@@ -19,6 +19,7 @@
 
 #include "batch.h"
 #include "gather.h"
+#include "hash.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -45,33 +46,6 @@ int64_t FindBadCode(const GatherShape& s, const int32_t* codes) {
   return -1;
 }
 
-// Hash terms of one projection z[0..K), given e_j = exp(-2|z_j|):
-// sum_j |z_j| and q(s*) = prod_j sigmoid(2|z_j|) = 1 / prod_j (1 + e_j).
-// Each factor is in (1, 2], so the product stays finite for K <= 16.
-struct HashTerms {
-  float abs_sum;
-  float q_top;
-};
-
-HashTerms ComputeHashTerms(int64_t code_length, const float* z,
-                           const float* e) {
-  float abs_sum = 0.f;
-  float denominator = 1.f;
-  for (int64_t j = 0; j < code_length; ++j) {
-    abs_sum += std::fabs(z[j]);
-    denominator *= 1.f + e[j];
-  }
-  return {abs_sum, 1.f / denominator};
-}
-
-int32_t Code(int64_t code_length, const float* z) {
-  int32_t bits = 0;
-  for (int64_t j = 0; j < code_length; ++j) {
-    bits = (bits << 1) | (z[j] > 0.f ? 1 : 0);
-  }
-  return bits;
-}
-
 // Fused forward: codes and scores of z [N, T, K], then the weighted gather.
 void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
                    int64_t code_length, const float* z, TableView tables,
@@ -83,16 +57,8 @@ void LookupForward(ffi::ThreadPool& pool, const GatherShape& s,
     const int64_t end = std::min(begin + kTokensPerChunk, s.tokens);
     std::vector<float> e(per_token);
     for (int64_t n = begin; n < end; ++n) {
-      const float* z_n = z + n * per_token;
-      simd::ExpNegTwiceAbs(per_token, z_n, e.data());
-      for (int64_t t = 0; t < s.tables; ++t) {
-        const int64_t i = n * s.tables + t;
-        const float* z_i = z_n + t * code_length;
-        const HashTerms h =
-            ComputeHashTerms(code_length, z_i, e.data() + t * code_length);
-        codes[i] = Code(code_length, z_i);
-        scores[i] = h.abs_sum * h.q_top;
-      }
+      HashToken(s.tables, code_length, z + n * per_token, e.data(),
+                codes + n * s.tables, scores + n * s.tables);
     }
   });
   GatherRows(pool, s, codes, scores, tables, y);

@@ -9,12 +9,10 @@
 
 #include <cstdint>
 
+#include "hash.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace lookupffn {
-
-// Largest code length K; tables then have 2^16 rows.
-inline constexpr int64_t kMaxCodeLength = 16;
 
 // Values of the "estimator" attribute of LookupBwdHandler, in the order of
 // lookupffn_jax.lookup.ESTIMATORS.

@@ -45,6 +45,7 @@ NB_MODULE(_lookup_ext, m) {
         targets["lookupffn_lookup_bwd"] = Capsule(lookupffn::LookupBwdHandler);
         targets["lookupffn_bh4_fwd"] = Capsule(lookupffn::Bh4FwdHandler);
         targets["lookupffn_bh4_mix_fwd"] = Capsule(lookupffn::Bh4MixFwdHandler);
+        targets["lookupffn_bh4_hash"] = Capsule(lookupffn::Bh4HashHandler);
         targets["lookupffn_bh4_bwd"] = Capsule(lookupffn::Bh4BwdHandler);
         return targets;
       },
