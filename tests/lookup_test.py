@@ -17,6 +17,7 @@ from jax.test_util import check_grads
 import lookupffn_jax
 from lookupffn_jax import _extension
 from lookupffn_jax import reference
+from lookupffn_jax.lookup import _ffi_lookup_fwd_call
 
 ESTIMATORS = ("score", "straight_through")
 
@@ -322,6 +323,22 @@ def test_scalar_and_avx2_kernels_agree(d):
     ext.force_scalar(False)
   for actual, expected in zip(vector, scalar):
     assert_close(actual, expected)
+
+
+@requires_ffi
+@pytest.mark.parametrize("force_scalar", [False, True], ids=["best", "scalar"])
+def test_kernel_hash_of_eight_bit_codes_matches_reference(force_scalar):
+  # 8 code bits take the vector path eight tables at a time; 19 tables also
+  # leave 3 for the scalar loop.
+  z, tables, _ = random_inputs(11, 33, 19, 8, 4)
+  try:
+    ext.force_scalar(force_scalar)
+    _, codes, scores = jax.jit(_ffi_lookup_fwd_call)(z, tables)
+  finally:
+    ext.force_scalar(False)
+  want_codes, want_scores = reference.hash_codes(z)
+  np.testing.assert_array_equal(codes, want_codes)
+  np.testing.assert_allclose(scores, want_scores, rtol=2e-6, atol=1e-7)
 
 
 @requires_ffi

@@ -51,7 +51,9 @@ inline int32_t Code(int64_t code_length, const float* z) {
 inline void HashToken(int64_t tables, int64_t code_length, const float* z,
                       float* e, int32_t* codes, float* scores) {
   simd::ExpNegTwiceAbs(tables * code_length, z, e);
-  for (int64_t t = 0; t < tables; ++t) {
+  int64_t t = 0;
+  if (code_length == 8) t = simd::HashEightBitTables(tables, z, e, codes, scores);
+  for (; t < tables; ++t) {
     const float* z_t = z + t * code_length;
     const HashTerms h = ComputeHashTerms(code_length, z_t, e + t * code_length);
     codes[t] = Code(code_length, z_t);

@@ -193,6 +193,71 @@ __attribute__((target("avx2,fma"))) float DotAvx2(int64_t n, const float* x,
   return _mm_cvtss_f32(h);
 }
 
+// Transposes the 8 x 8 block of rows r[0..8) in place.
+__attribute__((target("avx2,fma"))) void Transpose8x8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
+  const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]);
+  const __m256 t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]);
+  const __m256 t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Eight tables per step, one a lane: after a transpose, vector j holds bit
+// j of every table, and the sums and products run over j in the scalar
+// order, so every result is bitwise the scalar one.
+__attribute__((target("avx2,fma"))) int64_t HashEightBitTablesAvx2(
+    int64_t tables, const float* z, const float* e, int32_t* codes,
+    float* scores) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 8 <= tables; t += 8) {
+    __m256 zt[8];
+    __m256 et[8];
+    for (int j = 0; j < 8; ++j) {
+      zt[j] = _mm256_loadu_ps(z + (t + j) * 8);
+      et[j] = _mm256_loadu_ps(e + (t + j) * 8);
+    }
+    Transpose8x8(zt);
+    Transpose8x8(et);
+    __m256 abs_sum = _mm256_andnot_ps(sign_bit, zt[0]);
+    __m256 denominator = _mm256_add_ps(one, et[0]);
+    __m256i code = _mm256_srli_epi32(
+        _mm256_castps_si256(_mm256_cmp_ps(zt[0], zero, _CMP_GT_OQ)), 31);
+    for (int j = 1; j < 8; ++j) {
+      abs_sum = _mm256_add_ps(abs_sum, _mm256_andnot_ps(sign_bit, zt[j]));
+      denominator = _mm256_mul_ps(denominator, _mm256_add_ps(one, et[j]));
+      const __m256i bit = _mm256_srli_epi32(
+          _mm256_castps_si256(_mm256_cmp_ps(zt[j], zero, _CMP_GT_OQ)), 31);
+      code = _mm256_or_si256(_mm256_slli_epi32(code, 1), bit);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + t), code);
+    _mm256_storeu_ps(scores + t,
+                     _mm256_mul_ps(abs_sum, _mm256_div_ps(one, denominator)));
+  }
+  return t;
+}
+
 bool DetectAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -246,6 +311,14 @@ float DotBf16(int64_t n, const float* x, const uint16_t* y) {
   if (UseAvx2()) return DotBf16Avx2(n, x, y);
 #endif
   return DotBf16Scalar(n, x, y);
+}
+
+int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,
+                           int32_t* codes, float* scores) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return HashEightBitTablesAvx2(tables, z, e, codes, scores);
+#endif
+  return 0;
 }
 
 bool Avx2Active() { return UseAvx2(); }

@@ -36,6 +36,13 @@ inline float Bf16ToFloat(uint16_t x) {
 // further transcendental functions.
 void ExpNegTwiceAbs(int64_t n, const float* z, float* out);
 
+// For tables of K = 8 projections z [tables, 8], with e = exp(-2|z|): writes
+// the codes and scores of the first 8 * floor(tables / 8) tables, bitwise as
+// lookupffn::HashToken's scalar loop does, and returns how many it wrote
+// (0 without AVX2).
+int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,
+                           int32_t* codes, float* scores);
+
 // Returns the instruction set the kernels use now: "avx2" or "scalar".
 const char* ActiveIsa();
 
