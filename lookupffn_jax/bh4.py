@@ -38,7 +38,7 @@ from lookupffn_jax import reference
 from lookupffn_jax.lookup import MAX_CODE_LENGTH
 from lookupffn_jax.lookup import hash_codes
 from lookupffn_jax.lookup import lookup
-from lookupffn_jax.lookup import weighted_gather
+from lookupffn_jax.lookup import weighted_gather_of_hash
 
 NUM_FACTORS = 4
 IMPLEMENTATIONS = ("auto", "ffi", "reference")
@@ -526,9 +526,14 @@ def bh4_lookup(
     codes, scores = bh4_hash_codes(
         x, kernel, bias, mix=mix, num_tables=num_tables, implementation=implementation
     )
-    return weighted_gather(
-        codes, scores, tables, implementation=implementation
+    lead = codes.shape[:-1]
+    y = weighted_gather_of_hash(
+        codes.reshape(-1, num_tables),
+        scores.reshape(-1, num_tables),
+        tables,
+        implementation,
     )
+    return y.reshape(lead + tables.shape[-1:])
 
   return _with_gradient_of(fused, unfused)(x, kernel, bias, tables)
 

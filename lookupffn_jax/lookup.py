@@ -169,6 +169,29 @@ def _reference_weighted_gather(codes_NxT, weights_NxT, tables_TxSxD):
   return reference.weighted_gather(codes_NxT, weights_NxT, tables_TxSxD)
 
 
+def weighted_gather_of_hash(
+    codes_NxT: jax.Array,
+    weights_NxT: jax.Array,
+    tables_TxSxD: jax.Array,
+    implementation: str,
+) -> jax.Array:
+  """Runs `weighted_gather` on `[N, T]` codes from a hash, which are in range.
+
+  It skips the host callback that checks the codes on the reference path.
+  With implementation="auto" that callback is traced into the CPU program
+  as well and costs about 0.1 ms per call (measured at N = 1 on the 2-core
+  development machine).
+  """
+  return _extension.dispatch(
+      implementation,
+      _ffi_weighted_gather,
+      reference.weighted_gather,
+      codes_NxT,
+      weights_NxT,
+      tables_TxSxD,
+  )
+
+
 def weighted_gather(
     codes: jax.Array,
     weights: jax.Array,
@@ -181,6 +204,10 @@ def weighted_gather(
   Differentiable in `weights` and `tables`; the table gradient sums the
   contributions of tokens that share a row. An out-of-range code raises a
   runtime error that names the op and the value.
+
+  NOTE: the reference path checks the codes in a host callback, and with
+  implementation="auto" that callback runs on CPU too, about 0.1 ms per
+  call. On CPU, implementation="ffi" checks them in the kernel alone.
 
   Args:
     codes: integer `[..., T]` row indices in `[0, S)`; int64 is cast to int32.
