@@ -219,6 +219,12 @@ def bh4_transform(
   matrix of `kernel[r, f]` (`u @ blockdiag(kernel[r, f])`) and then by the
   orthonormal Hadamard matrix. The repeats are concatenated.
 
+  From 256 tokens per call the "ffi" forward folds the Hadamard stages
+  within each block into the blocks, a pass over the kernel that saves
+  log2(b) of the log2(D') butterfly stages. A row's result is the same for
+  any thread count and any other rows in the call, except that rows of
+  calls below and above 256 tokens may differ in the last bits.
+
   Args:
     x: floating `[..., d]` with d <= D'.
     kernel: floating `[R, F, NB, b, b]` blocks, NB * b a power of two.

@@ -72,7 +72,9 @@ def _assert_same_for_thread_counts(fn, inputs):
 # (tokens, d, [R, F, NB, b, b]): the 6-row micro-kernel and its tails,
 # 16- and 8-column strips, the scalar path for b < 8, widths below 8 and
 # padded inputs, several tiles of 48 tokens, more than one backward step of
-# 384 tokens, exactly one tile and one step, F = 1, D' = 1 and d = 0.
+# 384 tokens, exactly one tile and one step, F = 1, D' = 1 and d = 0. From
+# 256 tokens the forward folds the Hadamard stages within a block into the
+# blocks: the cases from 260 tokens run that path for NB = 2, 4, 8 and 16.
 TRANSFORM_CASES = [
     (1, 512, (2, 4, 8, 64, 64)),
     (7, 500, (2, 4, 8, 64, 64)),
@@ -85,6 +87,8 @@ TRANSFORM_CASES = [
     (800, 32, (1, 4, 2, 16, 16)),
     (48, 16, (2, 1, 2, 8, 8)),
     (384, 8, (1, 3, 4, 2, 2)),
+    (300, 512, (2, 4, 8, 64, 64)),
+    (260, 256, (1, 4, 16, 16, 16)),
     (3, 1, (3, 2, 1, 1, 1)),
     (5, 0, (1, 4, 2, 8, 8)),
 ]
@@ -133,8 +137,9 @@ def test_transform_same_result_for_any_thread_count():
 
 
 @requires_ffi
-def test_transform_scalar_and_avx2_kernels_agree():
-  x, kernel, du = _transform_inputs(3, 50, 256, (2, 4, 4, 64, 64))
+@pytest.mark.parametrize("tokens", [50, 300])
+def test_transform_scalar_and_avx2_kernels_agree(tokens):
+  x, kernel, du = _transform_inputs(3, tokens, 256, (2, 4, 4, 64, 64))
   try:
     # The kernels check the setting on every call, so one compiled program
     # serves both.
@@ -148,11 +153,15 @@ def test_transform_scalar_and_avx2_kernels_agree():
 @requires_ffi
 def test_transform_rows_independent_of_batch():
   # Row 0 alone and inside a tile of 100 rows goes through the same
-  # operations in the same order.
-  x, kernel, _ = _transform_inputs(4, 100, 512, (2, 4, 8, 64, 64))
-  full = bh4.bh4_transform(x, kernel, implementation="ffi")
+  # operations in the same order, and so does it among 300 or 1000 rows,
+  # where the call folds the blocks.
+  x, kernel, _ = _transform_inputs(4, 1000, 512, (2, 4, 8, 64, 64))
+  full = bh4.bh4_transform(x[:100], kernel, implementation="ffi")
   alone = bh4.bh4_transform(x[:1], kernel, implementation="ffi")
   np.testing.assert_array_equal(full[:1], alone)
+  folded = bh4.bh4_transform(x, kernel, implementation="ffi")
+  folded_fewer = bh4.bh4_transform(x[:300], kernel, implementation="ffi")
+  np.testing.assert_array_equal(folded[:1], folded_fewer[:1])
 
 
 @requires_ffi
@@ -298,9 +307,10 @@ def _assert_projection_close(actual, expected, rtol=2e-5):
 # (tokens, d, kernel shape, out_features). The cases cover the LookupFFN
 # shape, out_features below D' or cut inside the last repeat, not a multiple
 # of d or below d, a kernel with more repeats than out_features uses, one
-# token and several tiles of 48.
+# token, several tiles of 48, and 300 tokens, where the blocks are folded.
 PROJECTION_CASES = [
     (100, 512, (2, 4, 8, 64, 64), 1024),
+    (300, 512, (2, 4, 8, 64, 64), 1000),
     (7, 512, (2, 4, 8, 64, 64), 700),
     (5, 48, (2, 4, 4, 16, 16), 96),
     (1, 3, (3, 2, 1, 4, 4), 10),
@@ -455,10 +465,12 @@ def test_projection_ffi_rejects_bfloat16_bias():
 # ---------------------------------------------------------------------------
 # bh4_hash_codes and bh4_lookup: the layer's output hashed without storing it.
 
-# (tokens, d, kernel shape, out_features, T): the LookupFFN shape, tables
-# of 3 columns that span two repeats of D' = 4, K = 1, and K = 16.
+# (tokens, d, kernel shape, out_features, T): the LookupFFN shape below and
+# above the 256 tokens from which the blocks are folded, tables of 3
+# columns that span two repeats of D' = 4, K = 1, and K = 16.
 HASH_CASES = [
     (100, 512, (2, 4, 8, 64, 64), 1024, 128),
+    (300, 512, (2, 4, 8, 64, 64), 1024, 128),
     (7, 3, (3, 2, 1, 4, 4), 12, 4),
     (50, 24, (1, 4, 2, 16, 16), 32, 32),
     (5, 32, (1, 4, 4, 8, 8), 32, 2),

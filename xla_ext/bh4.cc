@@ -13,6 +13,7 @@
 #include "bh4.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -69,20 +70,63 @@ void StoreByBlock(const Bh4Shape& s, int64_t tokens, int64_t first,
   }
 }
 
+// From this many tokens a forward call folds the Hadamard stages fewer
+// than b entries apart into the blocks (see FoldBlocks), which costs a pass
+// over the kernel and saves log2(b) of the log2(D') butterfly stages per
+// factor and token. Fixed, so a call's results do not depend on threads;
+// rows of calls on either side of it may differ in the last bits.
+constexpr int64_t kFoldMinTokens = 256;
+
+// The blocks a forward call multiplies by: the kernel's own, or, when
+// `folded`, each block W replaced by W H_b / sqrt(D'). H of size D' is
+// H_NB (x) H_b in Sylvester order, so multiplying by the folded blocks and
+// then running CrossBlockHadamardRows applies B and then H.
+struct ForwardBlocks {
+  const float* blocks;
+  bool folded;
+  std::vector<float> storage;
+};
+
+ForwardBlocks FoldBlocks(const Bh4Shape& s, const float* kernel) {
+  ForwardBlocks out;
+  out.folded = s.tokens >= kFoldMinTokens;
+  if (!out.folded) {
+    out.blocks = kernel;
+    return out;
+  }
+  const int64_t b = s.block_size;
+  const int64_t count = s.repeats * s.factors * s.num_blocks;
+  out.storage.assign(kernel, kernel + count * s.block_elements());
+  const float scale = 1.f / std::sqrt(static_cast<float>(s.num_blocks));
+  for (int64_t blk = 0; blk < count; ++blk) {
+    float* w = out.storage.data() + blk * s.block_elements();
+    HadamardRows(b, b, w, b);
+    for (int64_t i = 0; i < s.block_elements(); ++i) w[i] *= scale;
+  }
+  out.blocks = out.storage.data();
+  return out;
+}
+
 // Applies all F factors of repeat r to one tile. a and v are [rows, D']
 // scratch buffers, and a contains the padded input. The result goes to
 // `out`, rows out_stride apart, or stays in scratch when out is null.
 // Returns a pointer to the result.
-float* ForwardTile(const Bh4Shape& s, int64_t rows, const float* kernel_r,
-                   float* a, float* v, float* out, int64_t out_stride) {
+float* ForwardTile(const Bh4Shape& s, int64_t rows, const float* blocks_r,
+                   bool folded, float* a, float* v, float* out,
+                   int64_t out_stride) {
   const int64_t width = s.width();
   for (int64_t f = 0; f < s.factors; ++f) {
     const bool last = f + 1 == s.factors && out != nullptr;
     float* dst = last ? out : v;
     const int64_t dst_stride = last ? out_stride : width;
     BlockDiagonalMultiply(rows, s.num_blocks, s.block_size, a, width,
-                          kernel_r + f * s.factor_elements(), dst, dst_stride);
-    HadamardRows(rows, width, dst, dst_stride);
+                          blocks_r + f * s.factor_elements(), dst, dst_stride);
+    if (folded) {
+      CrossBlockHadamardRows(rows, s.num_blocks, s.block_size, dst,
+                             dst_stride);
+    } else {
+      HadamardRows(rows, width, dst, dst_stride);
+    }
     std::swap(a, v);
   }
   return out != nullptr ? out : a;
@@ -133,6 +177,7 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
   const int64_t out_width =
       mix != nullptr ? mix->out_features : s.repeats * width;
+  const ForwardBlocks fb = FoldBlocks(s, kernel);
   // Repeats are separate work items, so a single token still uses R
   // threads, each reading its own repeat's blocks.
   ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
@@ -149,13 +194,13 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
     float* v = a + rows * width;
     const float* x_tile = x + first * s.in_width;
     LoadPadded(s, rows, x_tile, a);
-    const float* kernel_r = kernel + r * s.factors * s.factor_elements();
+    const float* blocks_r = fb.blocks + r * s.factors * s.factor_elements();
     if (mix == nullptr) {
-      ForwardTile(s, rows, kernel_r, a, v, u + first * out_width + r * width,
-                  out_width);
+      ForwardTile(s, rows, blocks_r, fb.folded, a, v,
+                  u + first * out_width + r * width, out_width);
     } else {
       const float* transformed =
-          ForwardTile(s, rows, kernel_r, a, v, nullptr, 0);
+          ForwardTile(s, rows, blocks_r, fb.folded, a, v, nullptr, 0);
       MixTile(s, *mix, rows, r, columns, transformed, x_tile,
               u + first * out_width);
     }
@@ -178,6 +223,7 @@ void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   const int64_t width = s.width();
   const int64_t tables = mix.out_features / out.code_length;
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  const ForwardBlocks fb = FoldBlocks(s, kernel);
   ParallelFor(pool, tiles, [&](int64_t tile) {
     const int64_t first = tile * kTokensPerTile;
     const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
@@ -193,8 +239,8 @@ void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
       if (columns <= 0) break;
       LoadPadded(s, rows, x_tile, a);
       const float* transformed =
-          ForwardTile(s, rows, kernel + r * s.factors * s.factor_elements(), a,
-                      v, nullptr, 0);
+          ForwardTile(s, rows, fb.blocks + r * s.factors * s.factor_elements(),
+                      fb.folded, a, v, nullptr, 0);
       MixTile(s, mix, rows, r, columns, transformed, x_tile, z);
     }
     for (int64_t m = 0; m < rows; ++m) {

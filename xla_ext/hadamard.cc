@@ -68,6 +68,18 @@ void HadamardRowsScalar(int64_t rows, int64_t width, float* data,
   }
 }
 
+void CrossBlockHadamardRowsScalar(int64_t rows, int64_t num_blocks,
+                                  int64_t block_size, float* data,
+                                  int64_t stride) {
+  const int64_t width = num_blocks * block_size;
+  for (int64_t m = 0; m < rows; ++m) {
+    float* x = data + m * stride;
+    for (int64_t h = block_size; h < width; h *= 2) {
+      HadamardStageScalar(width, h, x);
+    }
+  }
+}
+
 #ifdef LOOKUPFFN_HAVE_X86
 
 // C[MR, 8 NV] = A[MR, k] B[k, 8 NV] for MR <= 6 and NV <= 2, or C += A B
@@ -243,6 +255,23 @@ __attribute__((target("avx2,fma"))) void AddTransposedProductAvx2(
   }
 }
 
+// The butterfly stages of one row with entries first_h, 2 first_h, ...
+// apart, first_h a multiple of 8, one pass over the row each.
+__attribute__((target("avx2,fma"))) void ButterflyStagesAvx2(int64_t width,
+                                                            int64_t first_h,
+                                                            float* x) {
+  for (int64_t h = first_h; h < width; h *= 2) {
+    for (int64_t start = 0; start < width; start += 2 * h) {
+      for (int64_t j = start; j < start + h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(x + j);
+        const __m256 b = _mm256_loadu_ps(x + j + h);
+        _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+      }
+    }
+  }
+}
+
 // Needs width to be a multiple of 8. The first three butterfly stages
 // (entries 1, 2 and 4 apart) run inside each vector of 8.
 __attribute__((target("avx2,fma"))) void HadamardRowsAvx2(int64_t rows,
@@ -264,16 +293,57 @@ __attribute__((target("avx2,fma"))) void HadamardRowsAvx2(int64_t rows,
       v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
       _mm256_storeu_ps(x + j, v);
     }
-    for (int64_t h = 8; h < width; h *= 2) {
-      for (int64_t start = 0; start < width; start += 2 * h) {
-        for (int64_t j = start; j < start + h; j += 8) {
-          const __m256 a = _mm256_loadu_ps(x + j);
-          const __m256 b = _mm256_loadu_ps(x + j + h);
-          _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
-          _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
-        }
-      }
+    ButterflyStagesAvx2(width, 8, x);
+  }
+}
+
+// The butterflies of NB = 8 blocks for 8 columns at a time, all three
+// stages in registers: one pass over each row instead of three.
+__attribute__((target("avx2,fma"))) void CrossBlockHadamard8Avx2(
+    int64_t rows, int64_t block_size, float* data, int64_t stride) {
+  const int64_t b = block_size;
+  for (int64_t m = 0; m < rows; ++m) {
+    float* x = data + m * stride;
+    for (int64_t c = 0; c < b; c += 8) {
+      const __m256 v0 = _mm256_loadu_ps(x + c);
+      const __m256 v1 = _mm256_loadu_ps(x + b + c);
+      const __m256 v2 = _mm256_loadu_ps(x + 2 * b + c);
+      const __m256 v3 = _mm256_loadu_ps(x + 3 * b + c);
+      const __m256 v4 = _mm256_loadu_ps(x + 4 * b + c);
+      const __m256 v5 = _mm256_loadu_ps(x + 5 * b + c);
+      const __m256 v6 = _mm256_loadu_ps(x + 6 * b + c);
+      const __m256 v7 = _mm256_loadu_ps(x + 7 * b + c);
+      // Blocks 1 apart, then 2, then 4, as HadamardStageScalar orders them.
+      const __m256 s0 = _mm256_add_ps(v0, v1), d0 = _mm256_sub_ps(v0, v1);
+      const __m256 s1 = _mm256_add_ps(v2, v3), d1 = _mm256_sub_ps(v2, v3);
+      const __m256 s2 = _mm256_add_ps(v4, v5), d2 = _mm256_sub_ps(v4, v5);
+      const __m256 s3 = _mm256_add_ps(v6, v7), d3 = _mm256_sub_ps(v6, v7);
+      const __m256 t0 = _mm256_add_ps(s0, s1), t2 = _mm256_sub_ps(s0, s1);
+      const __m256 t1 = _mm256_add_ps(d0, d1), t3 = _mm256_sub_ps(d0, d1);
+      const __m256 t4 = _mm256_add_ps(s2, s3), t6 = _mm256_sub_ps(s2, s3);
+      const __m256 t5 = _mm256_add_ps(d2, d3), t7 = _mm256_sub_ps(d2, d3);
+      _mm256_storeu_ps(x + c, _mm256_add_ps(t0, t4));
+      _mm256_storeu_ps(x + b + c, _mm256_add_ps(t1, t5));
+      _mm256_storeu_ps(x + 2 * b + c, _mm256_add_ps(t2, t6));
+      _mm256_storeu_ps(x + 3 * b + c, _mm256_add_ps(t3, t7));
+      _mm256_storeu_ps(x + 4 * b + c, _mm256_sub_ps(t0, t4));
+      _mm256_storeu_ps(x + 5 * b + c, _mm256_sub_ps(t1, t5));
+      _mm256_storeu_ps(x + 6 * b + c, _mm256_sub_ps(t2, t6));
+      _mm256_storeu_ps(x + 7 * b + c, _mm256_sub_ps(t3, t7));
     }
+  }
+}
+
+// Any NB, with block_size a multiple of 8: one pass per stage.
+__attribute__((target("avx2,fma"))) void CrossBlockHadamardRowsAvx2(
+    int64_t rows, int64_t num_blocks, int64_t block_size, float* data,
+    int64_t stride) {
+  if (num_blocks == 8) {
+    return CrossBlockHadamard8Avx2(rows, block_size, data, stride);
+  }
+  const int64_t width = num_blocks * block_size;
+  for (int64_t m = 0; m < rows; ++m) {
+    ButterflyStagesAvx2(width, block_size, data + m * stride);
   }
 }
 
@@ -312,6 +382,17 @@ void HadamardRows(int64_t rows, int64_t width, float* data, int64_t stride) {
   }
 #endif
   HadamardRowsScalar(rows, width, data, stride);
+}
+
+void CrossBlockHadamardRows(int64_t rows, int64_t num_blocks,
+                            int64_t block_size, float* data, int64_t stride) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (simd::Avx2Active() && block_size % 8 == 0) {
+    return CrossBlockHadamardRowsAvx2(rows, num_blocks, block_size, data,
+                                      stride);
+  }
+#endif
+  CrossBlockHadamardRowsScalar(rows, num_blocks, block_size, data, stride);
 }
 
 }  // namespace lookupffn

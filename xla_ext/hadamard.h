@@ -34,6 +34,15 @@ void AddTransposedProduct(int64_t n, int64_t k, const float* a,
 // order). width must be a power of two.
 void HadamardRows(int64_t rows, int64_t width, float* data, int64_t stride);
 
+// The butterfly stages of a Walsh-Hadamard transform of width
+// num_blocks * block_size whose entries are block_size or more apart,
+// without scaling: block J of each row becomes sum_I H[I, J] x_I for the
+// Sylvester H of size num_blocks. With the stages fewer than block_size
+// apart folded into the blocks of a block-diagonal product, it completes
+// the transform, because H of size NB * b is H_NB (x) H_b.
+void CrossBlockHadamardRows(int64_t rows, int64_t num_blocks,
+                            int64_t block_size, float* data, int64_t stride);
+
 }  // namespace lookupffn
 
 #endif  // LOOKUPFFN_XLA_EXT_HADAMARD_H_
