@@ -527,6 +527,20 @@ def test_hash_codes_match_reference(
 
 
 @requires_ffi
+def test_hash_codes_rows_independent_of_batch():
+  # Below 96 tokens the kernel computes z with the repeats as separate work
+  # items before it hashes; from 96 on it hashes tile by tile. A row's codes
+  # and scores are the same either way.
+  x, kernel, bias, _ = _projection_inputs(28, 100, 512, (2, 4, 8, 64, 64), 1024)
+  hash_rows = lambda rows: bh4.bh4_hash_codes(
+      x[:rows], kernel, bias, mix=0.7, num_tables=128, implementation="ffi"
+  )
+  (codes_1, scores_1), (codes_100, scores_100) = hash_rows(1), hash_rows(100)
+  np.testing.assert_array_equal(codes_1, codes_100[:1])
+  np.testing.assert_array_equal(scores_1, scores_100[:1])
+
+
+@requires_ffi
 def test_hash_scores_gradient_matches_reference():
   x, kernel, bias, _ = _projection_inputs(21, 9, 24, (2, 4, 2, 16, 16), 40)
   grads = {

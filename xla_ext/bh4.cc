@@ -222,6 +222,19 @@ void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
              const float* kernel, const Mix& mix, const HashOutput& out) {
   const int64_t width = s.width();
   const int64_t tables = mix.out_features / out.code_length;
+  if (s.tokens < 2 * kTokensPerTile) {
+    // A single tile would run on one thread, so z is computed with the
+    // repeats as separate work items, as Bh4Forward does, and then hashed.
+    // The operations per row are the same, and so are the results.
+    std::vector<float> z(s.tokens * mix.out_features);
+    Bh4Forward(pool, s, x, kernel, &mix, z.data());
+    std::vector<float> e(mix.out_features);
+    for (int64_t n = 0; n < s.tokens; ++n) {
+      HashToken(tables, out.code_length, z.data() + n * mix.out_features,
+                e.data(), out.codes + n * tables, out.scores + n * tables);
+    }
+    return;
+  }
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
   const ForwardBlocks fb = FoldBlocks(s, kernel);
   ParallelFor(pool, tiles, [&](int64_t tile) {
