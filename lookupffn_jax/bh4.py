@@ -390,26 +390,38 @@ def _split_tables(z, num_tables):
   return z.reshape(z.shape[:-1] + (num_tables, z.shape[-1] // num_tables))
 
 
-def _ffi_bh4_hash_codes(x_MxD, kernel_RxFxNxBxB, bias_O, mix, num_tables):
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+  """Normalizes the last axis of `x` as `flax.linen.LayerNorm` does without fast variance.
+
+  Computes `(x - mean) * (rsqrt(var + epsilon) * scale) + bias` with var the
+  mean of `(x - mean)**2`, the operations of the LayerNorm that `LookupFFN`
+  runs (`use_fast_variance=False`).
+  """
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _ffi_bh4_hash_codes(x_MxD, kernel, bias_O, *norm_arrays, epsilon, mix, num_tables):
   out_shape = x_MxD.shape[:-1] + (num_tables,)
+  target = "lookupffn_norm_bh4_hash" if norm_arrays else "lookupffn_bh4_hash"
+  attributes = dict(mix=np.float32(mix), rest=np.float32(1.0 - mix))
+  if norm_arrays:
+    attributes["epsilon"] = np.float32(epsilon)
   return jax.ffi.ffi_call(
-      "lookupffn_bh4_hash",
+      target,
       (
           jax.ShapeDtypeStruct(out_shape, jnp.int32),
           jax.ShapeDtypeStruct(out_shape, jnp.float32),
       ),
       vmap_method=_VMAP_METHOD,
-  )(
-      x_MxD,
-      kernel_RxFxNxBxB,
-      bias_O,
-      mix=np.float32(mix),
-      rest=np.float32(1.0 - mix),
-  )
+  )(x_MxD, kernel, bias_O, *norm_arrays, **attributes)
 
 
-def _reference_bh4_hash_codes(x_MxD, kernel_RxFxNxBxB, bias_O, mix, num_tables):
-  z = _reference_bh4_projection(x_MxD, kernel_RxFxNxBxB, bias_O, mix)
+def _reference_bh4_hash_codes(x_MxD, kernel, bias_O, *norm_arrays, epsilon, mix, num_tables):
+  if norm_arrays:
+    x_MxD = layer_norm(x_MxD, *norm_arrays, epsilon)
+  z = _reference_bh4_projection(x_MxD, kernel, bias_O, mix)
   return reference.hash_codes(_split_tables(z, num_tables))
 
 
@@ -426,6 +438,29 @@ def _check_num_tables(num_tables, out_features):
     )
 
 
+def _check_norm(norm, x, implementation):
+  """Returns the arrays and epsilon of `norm`, `(scale, bias, epsilon)` or None."""
+  if norm is None:
+    return (), 0.0
+  if not isinstance(norm, (tuple, list)) or len(norm) != 3:
+    raise ValueError(f"norm must be None or (scale, bias, epsilon), got {norm!r}")
+  scale, bias, epsilon = norm
+  scale, bias = jnp.asarray(scale), jnp.asarray(bias)
+  if scale.shape != x.shape[-1:] or bias.shape != x.shape[-1:]:
+    raise ValueError(
+        f"norm scale {scale.shape} and bias {bias.shape} must both have shape"
+        f" [d] = {x.shape[-1:]}, the width of x"
+    )
+  if implementation == "ffi" and (scale.dtype, bias.dtype) != (jnp.float32,) * 2:
+    raise ValueError(
+        f"implementation='ffi' needs float32 norm scale and bias, got"
+        f" {scale.dtype} and {bias.dtype}"
+    )
+  if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or epsilon < 0:
+    raise ValueError(f"norm epsilon must be a non-negative float, got {epsilon!r}")
+  return (scale, bias), float(epsilon)
+
+
 def bh4_hash_codes(
     x: jax.Array,
     kernel: jax.Array,
@@ -433,19 +468,23 @@ def bh4_hash_codes(
     *,
     mix: float,
     num_tables: int,
+    norm: tuple[jax.Array, jax.Array, float] | None = None,
     implementation: str = "auto",
 ) -> tuple[jax.Array, jax.Array]:
   """Hashes the BH4 layer's output: `hash_codes` of `bh4_projection`, split into tables.
 
   The "ffi" implementation hashes each tile of z while it is in cache, so
-  the `[..., out_features]` projections are never stored. Its codes and
-  scores are bitwise those that `lookup`'s kernel computes from the "ffi"
-  `bh4_projection` output.
+  the `[..., out_features]` projections are never stored. Without `norm`,
+  its codes and scores are bitwise those that `lookup`'s kernel computes
+  from the "ffi" `bh4_projection` output.
 
   Args:
     x, kernel, bias, mix, implementation: as for `bh4_projection`.
     num_tables: number of tables T. T must divide out_features into
       K = out_features / T projections per table, K from 1 to 16.
+    norm: `(scale, bias, epsilon)` of a LayerNorm (see `layer_norm`) that the
+      layer applies to x first, each `[d]`, or None. The "ffi" kernel
+      normalizes each tile itself, so a forward pass is one kernel call.
 
   Returns:
     `(codes, scores)`: int32 `[..., T]` and float32 `[..., T]`. Only the
@@ -455,31 +494,38 @@ def bh4_hash_codes(
   implementation = _check_transform_args(x, kernel, implementation, bias)
   _check_projection_args(x, kernel, bias, mix)
   _check_num_tables(num_tables, bias.shape[-1])
+  norm_arrays, epsilon = _check_norm(norm, x, implementation)
+  if implementation == "auto" and any(a.dtype != jnp.float32 for a in norm_arrays):
+    implementation = "reference"
   mix = float(mix)
 
-  def unfused(x, kernel, bias):
+  def unfused(x, kernel, bias, *norm_arrays):
+    if norm_arrays:
+      x = layer_norm(x, *norm_arrays, epsilon)
     z = bh4_projection(x, kernel, bias, mix=mix, implementation=implementation)
     return hash_codes(_split_tables(z, num_tables))
 
   if implementation == "reference":
-    return unfused(x, kernel, bias)
+    return unfused(x, kernel, bias, *norm_arrays)
   batch_shape = x.shape[:-1]
+  static = dict(epsilon=epsilon, mix=mix, num_tables=num_tables)
 
-  def fused(x, kernel, bias):
+  def fused(x, kernel, bias, *norm_arrays):
     codes, scores = _extension.dispatch(
         implementation,
-        lambda *args: _ffi_bh4_hash_codes(*args, mix, num_tables),
-        lambda *args: _reference_bh4_hash_codes(*args, mix, num_tables),
+        functools.partial(_ffi_bh4_hash_codes, **static),
+        functools.partial(_reference_bh4_hash_codes, **static),
         x.reshape(math.prod(batch_shape), x.shape[-1]),
         kernel,
         bias,
+        *norm_arrays,
     )
     return (
         codes.reshape(batch_shape + (num_tables,)),
         scores.reshape(batch_shape + (num_tables,)),
     )
 
-  return _with_gradient_of(fused, unfused)(x, kernel, bias)
+  return _with_gradient_of(fused, unfused)(x, kernel, bias, *norm_arrays)
 
 
 def bh4_lookup(
@@ -489,6 +535,7 @@ def bh4_lookup(
     tables: jax.Array,
     *,
     mix: float,
+    norm: tuple[jax.Array, jax.Array, float] | None = None,
     estimator: str = "score",
     implementation: str = "auto",
 ) -> jax.Array:
@@ -497,11 +544,12 @@ def bh4_lookup(
   Equals `lookup(bh4_projection(x, kernel, bias, mix=mix), tables)` with the
   projections split into T = tables.shape[0] tables, and has its gradient.
   Without differentiation the "ffi" implementation runs `bh4_hash_codes`
-  and `weighted_gather`, which never store the projections.
+  and a weighted gather, which never store the projections.
 
   Args:
     x, kernel, bias, mix: as for `bh4_projection`.
     tables: float32 or bfloat16 `[T, 2**K, D]` with T * K = out_features.
+    norm: as for `bh4_hash_codes`: a LayerNorm applied to x first, or None.
     estimator, implementation: as for `lookup`.
 
   Returns:
@@ -514,9 +562,12 @@ def bh4_lookup(
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables = tables.shape[0]
   _check_num_tables(num_tables, bias.shape[-1])
+  norm_arrays, epsilon = _check_norm(norm, x, implementation)
   mix = float(mix)
 
-  def unfused(x, kernel, bias, tables):
+  def unfused(x, kernel, bias, tables, *norm_arrays):
+    if norm_arrays:
+      x = layer_norm(x, *norm_arrays, epsilon)
     z = bh4_projection(x, kernel, bias, mix=mix, implementation=implementation)
     return lookup(
         _split_tables(z, num_tables),
@@ -526,11 +577,18 @@ def bh4_lookup(
     )
 
   if implementation == "reference":
-    return unfused(x, kernel, bias, tables)
+    return unfused(x, kernel, bias, tables, *norm_arrays)
 
-  def fused(x, kernel, bias, tables):
+  def fused(x, kernel, bias, tables, *norm_arrays):
+    norm_now = (*norm_arrays, epsilon) if norm_arrays else None
     codes, scores = bh4_hash_codes(
-        x, kernel, bias, mix=mix, num_tables=num_tables, implementation=implementation
+        x,
+        kernel,
+        bias,
+        mix=mix,
+        num_tables=num_tables,
+        norm=norm_now,
+        implementation=implementation,
     )
     lead = codes.shape[:-1]
     y = weighted_gather_of_hash(
@@ -541,7 +599,7 @@ def bh4_lookup(
     )
     return y.reshape(lead + tables.shape[-1:])
 
-  return _with_gradient_of(fused, unfused)(x, kernel, bias, tables)
+  return _with_gradient_of(fused, unfused)(x, kernel, bias, tables, *norm_arrays)
 
 
 def _householder_orthogonal(gaussian: jax.Array) -> jax.Array:

@@ -161,7 +161,7 @@ class LookupFFN(nn.Module):
     dtype = _compute_dtype(self.dtype, x, self.param_dtype)
     num_projections = self.num_tables * self.code_length
 
-    h = layer_norm(self.layer_norm_epsilon, self.dtype, self.param_dtype, "layer_norm")(x)
+    norm = layer_norm(self.layer_norm_epsilon, self.dtype, self.param_dtype, "layer_norm")
     if self.projection == "dense":
       projection = nn.Dense(
           num_projections,
@@ -178,19 +178,23 @@ class LookupFFN(nn.Module):
           implementation=self.implementation,
           name="hash_projection",
       )
-    # A float32 BH4 projection runs with the look-up as `bh4_lookup`, whose
-    # kernels never store the projections outside a gradient computation.
-    # Under a mesh that splits the look-up, `sharded_lookup` runs instead.
+    # A float32 BH4 projection runs with the LayerNorm and the look-up as
+    # `bh4_lookup`, whose kernels never store the normalized input or the
+    # projections outside a gradient computation. Under a mesh that splits
+    # the look-up, `sharded_lookup` runs instead.
     fused = (
         self.projection == "bh4"
-        and h.dtype == jnp.float32
+        and x.dtype == jnp.float32
+        and jnp.dtype(dtype) == jnp.float32
         and jnp.dtype(self.param_dtype) == jnp.float32
         and not sharding_lib.splits_lookup()
     )
     if fused:
-      hash_kernel, hash_bias = projection.kernel_and_bias(h.shape[-1])
+      if self.is_initializing():
+        norm(x)  # Creates the LayerNorm's parameters.
+      hash_kernel, hash_bias = projection.kernel_and_bias(x.shape[-1])
     else:
-      z = projection(h)
+      z = projection(norm(x))
 
     tables_TxSxD = self.param(
         "tables",
@@ -201,12 +205,14 @@ class LookupFFN(nn.Module):
     bias = self.param("bias", self.bias_init, (out_features,), self.param_dtype)
     tables_TxSxD = tables_TxSxD.astype(self.table_dtype or jnp.float32)
     if fused:
+      norm_params = self.variables["params"]["layer_norm"]
       y = bh4_lib.bh4_lookup(
-          h,
+          x,
           hash_kernel,
           hash_bias,
           tables_TxSxD,
           mix=projection.mix,
+          norm=(norm_params["scale"], norm_params["bias"], self.layer_norm_epsilon),
           estimator=self.estimator,
           implementation=self.implementation,
       )

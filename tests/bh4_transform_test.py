@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from flax import linen as nn
 
 from lookupffn_jax import _extension
 from lookupffn_jax import bh4
@@ -305,9 +306,10 @@ def _assert_projection_close(actual, expected, rtol=2e-5):
 
 
 # (tokens, d, kernel shape, out_features). The cases cover the LookupFFN
-# shape, out_features below D' or cut inside the last repeat, not a multiple
-# of d or below d, a kernel with more repeats than out_features uses, one
-# token, several tiles of 48, and 300 tokens, where the blocks are folded.
+# shape and out_features below D' or cut inside the last repeat. They also
+# cover out_features that is not a multiple of d or is below d, and a kernel
+# with more repeats than out_features uses. Token counts are 1, several
+# tiles of 48, and 300, where the blocks are folded.
 PROJECTION_CASES = [
     (100, 512, (2, 4, 8, 64, 64), 1024),
     (300, 512, (2, 4, 8, 64, 64), 1000),
@@ -616,6 +618,94 @@ def test_bh4_lookup_under_vmap():
       for impl in ("ffi", "reference")
   }
   np.testing.assert_allclose(mapped["ffi"], mapped["reference"], rtol=1e-4, atol=1e-4)
+
+
+def _norm_params(seed, width):
+  ks, kb = jax.random.split(jax.random.key(seed))
+  scale = 1.0 + 0.1 * jax.random.normal(ks, (width,), jnp.float32)
+  bias = 0.1 * jax.random.normal(kb, (width,), jnp.float32)
+  return scale, bias
+
+
+def test_layer_norm_matches_flax():
+  x = 3.0 + jax.random.normal(jax.random.key(29), (4, 24), jnp.float32)
+  scale, bias = _norm_params(30, 24)
+  module = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False)
+  want = module.apply({"params": {"scale": scale, "bias": bias}}, x)
+  np.testing.assert_allclose(bh4.layer_norm(x, scale, bias, 1e-5), want, rtol=1e-6, atol=1e-6)
+
+
+@requires_ffi
+@pytest.mark.parametrize("tokens", [5, 100, 300])
+def test_hash_codes_with_norm_match_reference(tokens):
+  # 5 tokens normalize all rows before the transform, 100 and 300 normalize
+  # each tile, and 300 also folds the blocks.
+  x, kernel, bias, _ = _projection_inputs(31, tokens, 500, (2, 4, 8, 64, 64), 1024)
+  x = 2.0 + 3.0 * x
+  norm = (*_norm_params(32, 500), 1e-5)
+  hashed = {
+      impl: bh4.bh4_hash_codes(
+          x, kernel, bias, mix=0.7, num_tables=128, norm=norm, implementation=impl
+      )
+      for impl in ("ffi", "reference")
+  }
+  z = bh4.bh4_projection(
+      bh4.layer_norm(x, *norm), kernel, bias, mix=0.7, implementation="reference"
+  )
+  clear = jnp.all(jnp.abs(z.reshape(tokens, 128, 8)) > 1e-3, axis=-1)
+  assert float(jnp.mean(clear)) > 0.9
+  np.testing.assert_array_equal(
+      jnp.where(clear, hashed["ffi"][0], 0), jnp.where(clear, hashed["reference"][0], 0)
+  )
+  np.testing.assert_allclose(hashed["ffi"][1], hashed["reference"][1], rtol=1e-4, atol=1e-4)
+
+
+@requires_ffi
+def test_bh4_lookup_with_norm_gradient_matches_reference():
+  x, kernel, bias, tables = _lookup_inputs(33, 30, 24, (2, 4, 2, 16, 16), 10, 4)
+  scale, norm_bias = _norm_params(34, 24)
+  dy = jax.random.normal(jax.random.key(35), (30, 16), jnp.float32)
+  results = {}
+  for impl in ("ffi", "reference"):
+    fn = lambda x, s, b, impl=impl: bh4.bh4_lookup(
+        x, kernel, bias, tables, mix=0.7, norm=(s, b, 1e-5), implementation=impl
+    )
+    y, vjp = jax.vjp(fn, x, scale, norm_bias)
+    results[impl] = (y,) + vjp(dy)
+  for name, got, want in zip(("y", "dx", "dscale", "dbias"), results["ffi"], results["reference"]):
+    scale_of = max(float(jnp.max(jnp.abs(want))), 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale_of, err_msg=name)
+
+
+@requires_ffi
+def test_bh4_lookup_with_norm_under_vmap():
+  x, kernel, bias, tables = _lookup_inputs(36, 3 * 8, 24, (2, 4, 2, 16, 16), 10, 4)
+  scales = jnp.stack([_norm_params(37 + i, 24)[0] for i in range(3)])
+  norm_bias = _norm_params(40, 24)[1]
+  mapped = {
+      impl: jax.vmap(
+          lambda x, s, impl=impl: bh4.bh4_lookup(
+              x, kernel, bias, tables, mix=0.7, norm=(s, norm_bias, 1e-5),
+              implementation=impl,
+          )
+      )(x.reshape(3, 8, 24), scales)
+      for impl in ("ffi", "reference")
+  }
+  np.testing.assert_allclose(mapped["ffi"], mapped["reference"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "norm,message",
+    [
+        ((jnp.ones(16),) * 2, r"norm must be None or \(scale, bias, epsilon\)"),
+        ((jnp.ones(8), jnp.ones(16), 1e-5), r"norm scale \(8,\) and bias \(16,\)"),
+        ((jnp.ones(16), jnp.ones(16), -1.0), "non-negative float, got -1.0"),
+    ],
+)
+def test_hash_codes_reject_bad_norm(norm, message):
+  x, kernel, bias, _ = _projection_inputs(41, 2, 16, (1, 4, 2, 8, 8), 16)
+  with pytest.raises(ValueError, match=message):
+    bh4.bh4_hash_codes(x, kernel, bias, mix=0.7, num_tables=2, norm=norm)
 
 
 @pytest.mark.parametrize(

@@ -217,16 +217,21 @@ def _custom_call_targets(fn, *args) -> set[str]:
   hlo = jax.jit(fn).lower(*args).as_text()
   return {
       target
-      for target in ("lookupffn_bh4_hash", "lookupffn_bh4_mix_fwd", "lookupffn_lookup_fwd")
+      for target in (
+          "lookupffn_norm_bh4_hash",
+          "lookupffn_bh4_hash",
+          "lookupffn_bh4_mix_fwd",
+          "lookupffn_lookup_fwd",
+      )
       if target in hlo
   }
 
 
-def test_lookup_bh4_forward_hashes_in_the_projection_kernel():
+def test_lookup_bh4_forward_is_one_hash_kernel():
   layer = _lookup_ffn(projection="bh4", implementation="ffi")
   x = jax.random.normal(jax.random.key(7), (3, 5, 24))
   params = jax.jit(layer.init)(jax.random.key(8), x)
-  assert _custom_call_targets(layer.apply, params, x) == {"lookupffn_bh4_hash"}
+  assert _custom_call_targets(layer.apply, params, x) == {"lookupffn_norm_bh4_hash"}
   # The gradient needs the projections, so it runs the unfused kernels.
   loss = lambda p: jnp.sum(layer.apply(p, x) ** 2)
   assert _custom_call_targets(jax.grad(loss), params) == {

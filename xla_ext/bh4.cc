@@ -207,6 +207,53 @@ void Bh4Forward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   });
 }
 
+// The LayerNorm in front of the BH4 layer, as flax.linen.LayerNorm with
+// use_fast_variance=False computes it: y = (x - mean) * (scale /
+// sqrt(var + epsilon)) + bias, with var the mean of (x - mean)^2 over the
+// row's d features.
+struct Norm {
+  const float* scale;
+  const float* bias;
+  float epsilon;
+};
+
+// Writes the normalized rows of x [rows, d] to out [rows, d]. The sums use
+// eight partial sums in a fixed order.
+void NormalizeRows(int64_t rows, int64_t d, const float* x, const Norm& norm,
+                   float* out) {
+  constexpr int kLanes = 8;
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* x_m = x + m * d;
+    float* out_m = out + m * d;
+    float partial[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= d; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) partial[j] += x_m[i + j];
+    }
+    float sum = 0.f;
+    for (; i < d; ++i) sum += x_m[i];
+    for (int j = 0; j < kLanes; ++j) sum += partial[j];
+    const float mean = sum / static_cast<float>(d);
+
+    float squares[kLanes] = {};
+    i = 0;
+    for (; i + kLanes <= d; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        const float c = x_m[i + j] - mean;
+        squares[j] += c * c;
+      }
+    }
+    float square_sum = 0.f;
+    for (; i < d; ++i) square_sum += (x_m[i] - mean) * (x_m[i] - mean);
+    for (int j = 0; j < kLanes; ++j) square_sum += squares[j];
+    const float inv_std =
+        1.f / std::sqrt(square_sum / static_cast<float>(d) + norm.epsilon);
+    for (i = 0; i < d; ++i) {
+      out_m[i] = (x_m[i] - mean) * (inv_std * norm.scale[i]) + norm.bias[i];
+    }
+  }
+}
+
 // Destination of the hashed layer output: the code and score of every
 // table of K consecutive columns of z.
 struct HashOutput {
@@ -218,14 +265,22 @@ struct HashOutput {
 // Runs the BH4 layer on every token and hashes its output, so z is never
 // stored. Work items are tiles, and each runs all repeats into a [rows,
 // out_features] buffer, because a table's K columns may span two repeats.
+// With `norm`, the layer's input is the normalized x.
 void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
-             const float* kernel, const Mix& mix, const HashOutput& out) {
+             const float* kernel, const Mix& mix, const Norm* norm,
+             const HashOutput& out) {
   const int64_t width = s.width();
   const int64_t tables = mix.out_features / out.code_length;
   if (s.tokens < 2 * kTokensPerTile) {
     // A single tile would run on one thread, so z is computed with the
     // repeats as separate work items, as Bh4Forward does, and then hashed.
     // The operations per row are the same, and so are the results.
+    std::vector<float> normalized;
+    if (norm != nullptr) {
+      normalized.resize(s.tokens * s.in_width);
+      NormalizeRows(s.tokens, s.in_width, x, *norm, normalized.data());
+      x = normalized.data();
+    }
     std::vector<float> z(s.tokens * mix.out_features);
     Bh4Forward(pool, s, x, kernel, &mix, z.data());
     std::vector<float> e(mix.out_features);
@@ -241,12 +296,18 @@ void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
     const int64_t first = tile * kTokensPerTile;
     const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
     std::vector<float> scratch(2 * rows * width + rows * mix.out_features +
-                               mix.out_features);
+                               mix.out_features +
+                               (norm != nullptr ? rows * s.in_width : 0));
     float* a = scratch.data();
     float* v = a + rows * width;
     float* z = v + rows * width;
     float* e = z + rows * mix.out_features;
     const float* x_tile = x + first * s.in_width;
+    if (norm != nullptr) {
+      float* normalized = e + mix.out_features;
+      NormalizeRows(rows, s.in_width, x_tile, *norm, normalized);
+      x_tile = normalized;
+    }
     for (int64_t r = 0; r < s.repeats; ++r) {
       const int64_t columns = std::min(width, mix.out_features - r * width);
       if (columns <= 0) break;
@@ -473,22 +534,40 @@ ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
-ffi::Error Bh4HashImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                       ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
-                       float mix, float rest,
-                       ffi::ResultBuffer<ffi::S32> codes,
-                       ffi::ResultBuffer<ffi::F32> scores) {
-  constexpr const char* kOp = "bh4_hash_codes";
+// Checks the operands of the hash targets and runs Bh4Hash. norm_scale and
+// norm_bias are null for the target without a LayerNorm.
+ffi::Error RunBh4Hash(const char* op, ffi::ThreadPool& pool,
+                      ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                      ffi::Buffer<ffi::F32> bias,
+                      const ffi::Buffer<ffi::F32>* norm_scale,
+                      const ffi::Buffer<ffi::F32>* norm_bias, float epsilon,
+                      float mix, float rest, ffi::ResultBuffer<ffi::S32>& codes,
+                      ffi::ResultBuffer<ffi::F32>& scores) {
+  std::vector<Dims> dims = {x.dimensions(), kernel.dimensions(),
+                            bias.dimensions()};
+  std::vector<size_t> ranks = {2, 5, 1};
+  std::vector<const char*> names = {"x", "kernel", "bias"};
+  if (norm_scale != nullptr) {
+    dims.insert(dims.end(), {norm_scale->dimensions(), norm_bias->dimensions()});
+    ranks.insert(ranks.end(), {1, 1});
+    names.insert(names.end(), {"norm_scale", "norm_bias"});
+  }
   BatchIndexer batch;
   Bh4Shape s;
-  if (auto e = ReadOperands(
-          kOp, {x.dimensions(), kernel.dimensions(), bias.dimensions()},
-          {2, 5, 1}, {"x", "kernel", "bias"}, &batch, &s);
-      e.failure()) {
+  if (auto e = ReadOperands(op, dims, ranks, names, &batch, &s); e.failure()) {
     return e;
   }
+  if (norm_scale != nullptr) {
+    for (size_t k = 3; k < 5; ++k) {
+      if (dims[k][dims[k].size() - 1] != s.in_width) {
+        return Invalid(op, std::string(names[k]) + " " + ShapeString(dims[k]) +
+                               " must have d = " + std::to_string(s.in_width) +
+                               " entries, the width of x");
+      }
+    }
+  }
   int64_t out_features;
-  if (auto e = ReadOutFeatures(kOp, s, bias.dimensions(), &out_features);
+  if (auto e = ReadOutFeatures(op, s, bias.dimensions(), &out_features);
       e.failure()) {
     return e;
   }
@@ -496,25 +575,52 @@ ffi::Error Bh4HashImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t tables = code_dims[code_dims.size() - 1];
   if (tables < 1 || out_features % tables != 0 ||
       out_features / tables > kMaxCodeLength) {
-    return Invalid(kOp, "codes " + ShapeString(code_dims) +
-                            " must split the " + std::to_string(out_features) +
-                            " features into tables of 1 to " +
-                            std::to_string(kMaxCodeLength) + " columns");
+    return Invalid(op, "codes " + ShapeString(code_dims) +
+                           " must split the " + std::to_string(out_features) +
+                           " features into tables of 1 to " +
+                           std::to_string(kMaxCodeLength) + " columns");
   }
   if (!batch.IsOutput(code_dims, {s.tokens, tables}) ||
       !batch.IsOutput(scores->dimensions(), {s.tokens, tables})) {
-    return Invalid(kOp, "unexpected output shapes");
+    return Invalid(op, "unexpected output shapes");
   }
   for (int64_t i = 0; i < batch.size(); ++i) {
     const Mix m{mix, rest, bias.typed_data() + batch.Offset(2, i),
                 out_features};
+    Norm norm{};
+    if (norm_scale != nullptr) {
+      norm = {norm_scale->typed_data() + batch.Offset(3, i),
+              norm_bias->typed_data() + batch.Offset(4, i), epsilon};
+    }
     const HashOutput out{out_features / tables,
                          codes->typed_data() + i * s.tokens * tables,
                          scores->typed_data() + i * s.tokens * tables};
     Bh4Hash(pool, s, x.typed_data() + batch.Offset(0, i),
-            kernel.typed_data() + batch.Offset(1, i), m, out);
+            kernel.typed_data() + batch.Offset(1, i), m,
+            norm_scale != nullptr ? &norm : nullptr, out);
   }
   return ffi::Error::Success();
+}
+
+ffi::Error Bh4HashImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
+                       float mix, float rest,
+                       ffi::ResultBuffer<ffi::S32> codes,
+                       ffi::ResultBuffer<ffi::F32> scores) {
+  return RunBh4Hash("bh4_hash_codes", pool, x, kernel, bias, nullptr, nullptr,
+                    0.f, mix, rest, codes, scores);
+}
+
+ffi::Error NormBh4HashImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> bias,
+                           ffi::Buffer<ffi::F32> norm_scale,
+                           ffi::Buffer<ffi::F32> norm_bias, float epsilon,
+                           float mix, float rest,
+                           ffi::ResultBuffer<ffi::S32> codes,
+                           ffi::ResultBuffer<ffi::F32> scores) {
+  return RunBh4Hash("bh4_hash_codes (with layer norm)", pool, x, kernel, bias,
+                    &norm_scale, &norm_bias, epsilon, mix, rest, codes, scores);
 }
 
 ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -596,6 +702,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bh4HashHandler, Bh4HashImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // kernel
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<float>("mix")
+                                  .Attr<float>("rest")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // scores
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NormBh4HashHandler, NormBh4HashImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // norm_scale
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // norm_bias
+                                  .Attr<float>("epsilon")
                                   .Attr<float>("mix")
                                   .Attr<float>("rest")
                                   .Ret<ffi::Buffer<ffi::S32>>()  // codes

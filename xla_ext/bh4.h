@@ -29,6 +29,10 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4MixFwdHandler);
 // split into T tables of out / T columns each.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4HashHandler);
 
+// The same hash of LayerNorm(x): (x, kernel, bias, norm_scale f32[..., d],
+// norm_bias f32[..., d]; attributes epsilon, mix, rest) -> (codes, scores).
+XLA_FFI_DECLARE_HANDLER_SYMBOL(NormBh4HashHandler);
+
 // (x, kernel, du f32[..., M, R*D'])
 //   -> (dx f32[..., M, d], dkernel f32[..., R, F, NB, b, b])
 XLA_FFI_DECLARE_HANDLER_SYMBOL(Bh4BwdHandler);

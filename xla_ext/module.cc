@@ -46,6 +46,8 @@ NB_MODULE(_lookup_ext, m) {
         targets["lookupffn_bh4_fwd"] = Capsule(lookupffn::Bh4FwdHandler);
         targets["lookupffn_bh4_mix_fwd"] = Capsule(lookupffn::Bh4MixFwdHandler);
         targets["lookupffn_bh4_hash"] = Capsule(lookupffn::Bh4HashHandler);
+        targets["lookupffn_norm_bh4_hash"] =
+            Capsule(lookupffn::NormBh4HashHandler);
         targets["lookupffn_bh4_bwd"] = Capsule(lookupffn::Bh4BwdHandler);
         return targets;
       },
