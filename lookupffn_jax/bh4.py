@@ -536,6 +536,7 @@ def bh4_lookup(
     *,
     mix: float,
     norm: tuple[jax.Array, jax.Array, float] | None = None,
+    output_bias: jax.Array | None = None,
     estimator: str = "score",
     implementation: str = "auto",
 ) -> jax.Array:
@@ -550,6 +551,8 @@ def bh4_lookup(
     x, kernel, bias, mix: as for `bh4_projection`.
     tables: float32 or bfloat16 `[T, 2**K, D]` with T * K = out_features.
     norm: as for `bh4_hash_codes`: a LayerNorm applied to x first, or None.
+    output_bias: float32 `[D]` added to the result, or None. The "ffi"
+      gather adds it in the kernel.
     estimator, implementation: as for `lookup`.
 
   Returns:
@@ -564,22 +567,41 @@ def bh4_lookup(
   _check_num_tables(num_tables, bias.shape[-1])
   norm_arrays, epsilon = _check_norm(norm, x, implementation)
   mix = float(mix)
+  # The optional arrays follow x, kernel, bias and tables: the output bias,
+  # then the LayerNorm's scale and bias.
+  extra = norm_arrays
+  if output_bias is not None:
+    output_bias = jnp.asarray(output_bias)
+    if output_bias.shape != tables.shape[-1:] or output_bias.dtype != jnp.float32:
+      raise ValueError(
+          f"output_bias must be float32 [D] = {tables.shape[-1:]}, got"
+          f" {output_bias.dtype} {output_bias.shape}"
+      )
+    extra = (output_bias,) + norm_arrays
 
-  def unfused(x, kernel, bias, tables, *norm_arrays):
+  def split_extra(extra):
+    if output_bias is None:
+      return None, extra
+    return extra[0], extra[1:]
+
+  def unfused(x, kernel, bias, tables, *extra):
+    output_bias, norm_arrays = split_extra(extra)
     if norm_arrays:
       x = layer_norm(x, *norm_arrays, epsilon)
     z = bh4_projection(x, kernel, bias, mix=mix, implementation=implementation)
-    return lookup(
+    y = lookup(
         _split_tables(z, num_tables),
         tables,
         estimator=estimator,
         implementation=implementation,
     )
+    return y if output_bias is None else y + output_bias
 
   if implementation == "reference":
-    return unfused(x, kernel, bias, tables, *norm_arrays)
+    return unfused(x, kernel, bias, tables, *extra)
 
-  def fused(x, kernel, bias, tables, *norm_arrays):
+  def fused(x, kernel, bias, tables, *extra):
+    output_bias, norm_arrays = split_extra(extra)
     norm_now = (*norm_arrays, epsilon) if norm_arrays else None
     codes, scores = bh4_hash_codes(
         x,
@@ -596,10 +618,11 @@ def bh4_lookup(
         scores.reshape(-1, num_tables),
         tables,
         implementation,
+        output_bias,
     )
     return y.reshape(lead + tables.shape[-1:])
 
-  return _with_gradient_of(fused, unfused)(x, kernel, bias, tables, *norm_arrays)
+  return _with_gradient_of(fused, unfused)(x, kernel, bias, tables, *extra)
 
 
 def _householder_orthogonal(gaussian: jax.Array) -> jax.Array:

@@ -213,17 +213,19 @@ class LookupFFN(nn.Module):
           tables_TxSxD,
           mix=projection.mix,
           norm=(norm_params["scale"], norm_params["bias"], self.layer_norm_epsilon),
+          output_bias=bias,
           estimator=self.estimator,
           implementation=self.implementation,
       )
-    else:
-      z_TxK = z.reshape(z.shape[:-1] + (self.num_tables, self.code_length))
-      y = sharding_lib.sharded_lookup(
-          z_TxK.astype(jnp.float32),
-          tables_TxSxD,
-          estimator=self.estimator,
-          implementation=self.implementation,
-      )
+      return y
+
+    z_TxK = z.reshape(z.shape[:-1] + (self.num_tables, self.code_length))
+    y = sharding_lib.sharded_lookup(
+        z_TxK.astype(jnp.float32),
+        tables_TxSxD,
+        estimator=self.estimator,
+        implementation=self.implementation,
+    )
     return y.astype(dtype) + bias.astype(dtype)
 
 

@@ -694,6 +694,31 @@ def test_bh4_lookup_with_norm_under_vmap():
   np.testing.assert_allclose(mapped["ffi"], mapped["reference"], rtol=1e-4, atol=1e-4)
 
 
+@requires_ffi
+def test_bh4_lookup_with_output_bias_matches_reference():
+  x, kernel, bias, tables = _lookup_inputs(42, 20, 24, (2, 4, 2, 16, 16), 10, 4)
+  output_bias = jax.random.normal(jax.random.key(43), (16,), jnp.float32)
+  dy = jax.random.normal(jax.random.key(44), (20, 16), jnp.float32)
+  results = {}
+  for impl in ("ffi", "reference"):
+    fn = lambda x, b, impl=impl: bh4.bh4_lookup(
+        x, kernel, bias, tables, mix=0.7, output_bias=b, implementation=impl
+    )
+    y, vjp = jax.vjp(fn, x, output_bias)
+    results[impl] = (y,) + vjp(dy)
+  for name, got, want in zip(("y", "dx", "doutput_bias"), results["ffi"], results["reference"]):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+  # The kernel adds the bias after the sum, as y + bias does.
+  y_without = bh4.bh4_lookup(x, kernel, bias, tables, mix=0.7, implementation="ffi")
+  np.testing.assert_array_equal(results["ffi"][0], y_without + output_bias)
+
+
+def test_bh4_lookup_rejects_bad_output_bias():
+  x, kernel, bias, tables = _lookup_inputs(45, 2, 24, (2, 4, 2, 16, 16), 10, 4)
+  with pytest.raises(ValueError, match=r"output_bias must be float32 \[D\] = \(16,\)"):
+    bh4.bh4_lookup(x, kernel, bias, tables, mix=0.7, output_bias=jnp.ones(8))
+
+
 @pytest.mark.parametrize(
     "norm,message",
     [

@@ -219,6 +219,7 @@ def _custom_call_targets(fn, *args) -> set[str]:
       target
       for target in (
           "lookupffn_norm_bh4_hash",
+          "lookupffn_weighted_gather_bias_fwd",
           "lookupffn_bh4_hash",
           "lookupffn_bh4_mix_fwd",
           "lookupffn_lookup_fwd",
@@ -227,11 +228,14 @@ def _custom_call_targets(fn, *args) -> set[str]:
   }
 
 
-def test_lookup_bh4_forward_is_one_hash_kernel():
+def test_lookup_bh4_forward_is_two_kernel_calls():
   layer = _lookup_ffn(projection="bh4", implementation="ffi")
   x = jax.random.normal(jax.random.key(7), (3, 5, 24))
   params = jax.jit(layer.init)(jax.random.key(8), x)
-  assert _custom_call_targets(layer.apply, params, x) == {"lookupffn_norm_bh4_hash"}
+  assert _custom_call_targets(layer.apply, params, x) == {
+      "lookupffn_norm_bh4_hash",
+      "lookupffn_weighted_gather_bias_fwd",
+  }
   # The gradient needs the projections, so it runs the unfused kernels.
   loss = lambda p: jnp.sum(layer.apply(p, x) ** 2)
   assert _custom_call_targets(jax.grad(loss), params) == {

@@ -11,6 +11,7 @@
 
 #include "lookup.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -216,38 +217,77 @@ ffi::Error ReadGatherShape(const char* op, Dims codes, Dims tables,
 // ---------------------------------------------------------------------------
 // Handlers.
 
+// Gathers for weighted_gather, and with `bias` adds it to every output row
+// afterwards, the same single addition as XLA's y + bias.
+ffi::Error RunWeightedGather(const char* op, ffi::ThreadPool& pool,
+                             ffi::Buffer<ffi::S32> codes,
+                             ffi::Buffer<ffi::F32> weights,
+                             ffi::AnyBuffer tables,
+                             const ffi::Buffer<ffi::F32>* bias,
+                             ffi::ResultBuffer<ffi::F32>& y) {
+  if (auto e = CheckTableType(op, tables); e.failure()) return e;
+  std::vector<Dims> dims = {codes.dimensions(), weights.dimensions(),
+                            tables.dimensions()};
+  std::vector<size_t> ranks = {2, 2, 3};
+  std::vector<const char*> names = {"codes", "weights", "tables"};
+  if (bias != nullptr) {
+    dims.push_back(bias->dimensions());
+    ranks.push_back(1);
+    names.push_back("bias");
+  }
+  BatchIndexer batch;
+  if (auto e = batch.Init(op, dims, ranks, names); e.failure()) return e;
+  GatherShape s;
+  if (auto e = ReadGatherShape(op, codes.dimensions(), tables.dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  if (bias != nullptr && dims[3][dims[3].size() - 1] != s.width) {
+    return ShapeMismatch(op, "bias " + ShapeString(dims[3]) + " must have D = " +
+                                 std::to_string(s.width) + " entries");
+  }
+  if (!batch.IsOutput(y->dimensions(), {s.tokens, s.width})) {
+    return ShapeMismatch(op, "output shape " + ShapeString(y->dimensions()));
+  }
+  for (int64_t b = 0; b < batch.size(); ++b) {
+    const int32_t* c = codes.typed_data() + batch.Offset(0, b);
+    if (int64_t bad = FindBadCode(s, c); bad >= 0) {
+      return OutOfRange(op, s, c, bad);
+    }
+    float* y_b = y->typed_data() + b * s.tokens * s.width;
+    GatherRows(pool, s, c, weights.typed_data() + batch.Offset(1, b),
+               ViewAt(tables, batch.Offset(2, b)), y_b);
+    if (bias == nullptr) continue;
+    const float* bias_b = bias->typed_data() + batch.Offset(3, b);
+    const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
+    ParallelFor(pool, chunks, [&](int64_t chunk) {
+      const int64_t end = std::min((chunk + 1) * kTokensPerChunk, s.tokens);
+      for (int64_t n = chunk * kTokensPerChunk; n < end; ++n) {
+        float* y_n = y_b + n * s.width;
+        for (int64_t i = 0; i < s.width; ++i) y_n[i] += bias_b[i];
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error WeightedGatherForwardImpl(ffi::ThreadPool pool,
                                      ffi::Buffer<ffi::S32> codes,
                                      ffi::Buffer<ffi::F32> weights,
                                      ffi::AnyBuffer tables,
                                      ffi::ResultBuffer<ffi::F32> y) {
-  constexpr const char* kOp = "weighted_gather";
-  if (auto e = CheckTableType(kOp, tables); e.failure()) return e;
-  BatchIndexer batch;
-  if (auto e = batch.Init(kOp, {codes.dimensions(), weights.dimensions(),
-                                tables.dimensions()},
-                          {2, 2, 3}, {"codes", "weights", "tables"});
-      e.failure()) {
-    return e;
-  }
-  GatherShape s;
-  if (auto e = ReadGatherShape(kOp, codes.dimensions(), tables.dimensions(), &s);
-      e.failure()) {
-    return e;
-  }
-  if (!batch.IsOutput(y->dimensions(), {s.tokens, s.width})) {
-    return ShapeMismatch(kOp, "output shape " + ShapeString(y->dimensions()));
-  }
-  for (int64_t b = 0; b < batch.size(); ++b) {
-    const int32_t* c = codes.typed_data() + batch.Offset(0, b);
-    if (int64_t bad = FindBadCode(s, c); bad >= 0) {
-      return OutOfRange(kOp, s, c, bad);
-    }
-    GatherRows(pool, s, c, weights.typed_data() + batch.Offset(1, b),
-                  ViewAt(tables, batch.Offset(2, b)),
-                  y->typed_data() + b * s.tokens * s.width);
-  }
-  return ffi::Error::Success();
+  return RunWeightedGather("weighted_gather", pool, codes, weights, tables,
+                           nullptr, y);
+}
+
+ffi::Error WeightedGatherBiasForwardImpl(ffi::ThreadPool pool,
+                                         ffi::Buffer<ffi::S32> codes,
+                                         ffi::Buffer<ffi::F32> weights,
+                                         ffi::AnyBuffer tables,
+                                         ffi::Buffer<ffi::F32> bias,
+                                         ffi::ResultBuffer<ffi::F32> y) {
+  return RunWeightedGather("weighted_gather (with bias)", pool, codes, weights,
+                           tables, &bias, y);
 }
 
 ffi::Error WeightedGatherBackwardImpl(
@@ -411,6 +451,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherFwdHandler, WeightedGatherForwardImp
                                   .Arg<ffi::Buffer<ffi::S32>>()  // codes
                                   .Arg<ffi::Buffer<ffi::F32>>()  // weights
                                   .Arg<ffi::AnyBuffer>()  // tables
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(WeightedGatherBiasFwdHandler,
+                              WeightedGatherBiasForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // codes
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // weights
+                                  .Arg<ffi::AnyBuffer>()         // tables
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y
 );
 

@@ -23,6 +23,10 @@ inline constexpr int32_t kStraightThroughEstimator = 1;
 //   -> y f32[..., N, D]
 XLA_FFI_DECLARE_HANDLER_SYMBOL(WeightedGatherFwdHandler);
 
+// The same plus bias f32[..., D] on every output row:
+// (codes, weights, tables, bias) -> y f32[..., N, D]
+XLA_FFI_DECLARE_HANDLER_SYMBOL(WeightedGatherBiasFwdHandler);
+
 // (codes, weights, tables, dy f32[..., N, D])
 //   -> (dweights f32[..., N, T], dtables f32[..., T, S, D])
 XLA_FFI_DECLARE_HANDLER_SYMBOL(WeightedGatherBwdHandler);

@@ -39,6 +39,8 @@ NB_MODULE(_lookup_ext, m) {
         nb::dict targets;
         targets["lookupffn_weighted_gather_fwd"] =
             Capsule(lookupffn::WeightedGatherFwdHandler);
+        targets["lookupffn_weighted_gather_bias_fwd"] =
+            Capsule(lookupffn::WeightedGatherBiasFwdHandler);
         targets["lookupffn_weighted_gather_bwd"] =
             Capsule(lookupffn::WeightedGatherBwdHandler);
         targets["lookupffn_lookup_fwd"] = Capsule(lookupffn::LookupFwdHandler);
