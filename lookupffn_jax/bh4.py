@@ -35,7 +35,10 @@ from flax.typing import Dtype, Initializer
 
 from lookupffn_jax import _extension
 from lookupffn_jax import reference
+from lookupffn_jax.lookup import ESTIMATORS
 from lookupffn_jax.lookup import MAX_CODE_LENGTH
+from lookupffn_jax.lookup import check_table_dtype
+from lookupffn_jax.lookup import check_table_rows
 from lookupffn_jax.lookup import hash_codes
 from lookupffn_jax.lookup import lookup
 from lookupffn_jax.lookup import weighted_gather_of_hash
@@ -319,8 +322,10 @@ _ffi_bh4_projection.defvjp(_ffi_bh4_projection_fwd, _ffi_bh4_projection_bwd)
 def _check_projection_args(x, kernel, bias, mix):
   """Validates the operands of `bh4_projection` beyond `_check_transform_args`."""
   _check_floating("bias", bias)
-  if not isinstance(mix, numbers.Real) or isinstance(mix, bool):
-    raise ValueError(f"mix must be a Python float, got {mix!r}; pass float(mix)")
+  if not isinstance(mix, numbers.Real) or isinstance(mix, bool) or not math.isfinite(mix):
+    raise ValueError(
+        f"mix must be a finite Python float, got {mix!r}; pass float(mix)"
+    )
   repeats, _, num_blocks, block_size, _ = kernel.shape
   width = repeats * num_blocks * block_size
   if bias.ndim != 1 or not 1 <= bias.shape[0] <= width:
@@ -456,7 +461,7 @@ def _check_norm(norm, x, implementation):
         f"implementation='ffi' needs float32 norm scale and bias, got"
         f" {scale.dtype} and {bias.dtype}"
     )
-  if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or epsilon < 0:
+  if not isinstance(epsilon, numbers.Real) or isinstance(epsilon, bool) or not epsilon >= 0:
     raise ValueError(f"norm epsilon must be a non-negative float, got {epsilon!r}")
   return (scale, bias), float(epsilon)
 
@@ -565,6 +570,11 @@ def bh4_lookup(
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables = tables.shape[0]
   _check_num_tables(num_tables, bias.shape[-1])
+  # The fused path never calls `lookup`, so its checks run here.
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+  check_table_dtype(tables)
+  check_table_rows(tables.shape[1], bias.shape[-1] // num_tables)
   norm_arrays, epsilon = _check_norm(norm, x, implementation)
   mix = float(mix)
   # The optional arrays follow x, kernel, bias and tables: the output bias,

@@ -81,6 +81,13 @@ class LookupFFN(nn.Module):
   Under `jax.set_mesh(mesh)` with a "data" or "tables" axis the look-up runs
   on each device's shard, see `lookupffn_jax.sharding`.
 
+  With a float32 BH4 projection and implementation "auto" or "ffi", the
+  block runs as `bh4.bh4_lookup` with the LayerNorm and output bias: without
+  differentiation that is two CPU kernels that store neither the normalized
+  input nor the projections. Its LayerNorm and BH4 submodules own the
+  parameters but are not called, so `capture_intermediates` records
+  neither.
+
   Attributes:
     num_tables: number of hash tables T.
     table_size: rows per table, a power of two from 2 to 65536. Each table
@@ -180,10 +187,13 @@ class LookupFFN(nn.Module):
       )
     # A float32 BH4 projection runs with the LayerNorm and the look-up as
     # `bh4_lookup`, whose kernels never store the normalized input or the
-    # projections outside a gradient computation. Under a mesh that splits
-    # the look-up, `sharded_lookup` runs instead.
+    # projections outside a gradient computation. The LayerNorm and BH4
+    # submodules are then not called, so `capture_intermediates` records
+    # neither. implementation="reference" and a mesh that splits the look-up
+    # (`sharded_lookup`) run the modules one after the other.
     fused = (
         self.projection == "bh4"
+        and self.implementation != "reference"
         and x.dtype == jnp.float32
         and jnp.dtype(dtype) == jnp.float32
         and jnp.dtype(self.param_dtype) == jnp.float32

@@ -47,11 +47,21 @@ def _check_float32(name: str, x: jax.Array) -> None:
 TABLE_DTYPES = (jnp.float32, jnp.bfloat16)
 
 
-def _check_table_dtype(tables: jax.Array) -> None:
+def check_table_dtype(tables: jax.Array) -> None:
+  """Raises ValueError unless `tables` are float32 or bfloat16."""
   if tables.dtype not in TABLE_DTYPES:
     raise ValueError(
         f"tables must have dtype float32 or bfloat16, got {tables.dtype}; cast"
         " them with tables.astype(jnp.float32)"
+    )
+
+
+def check_table_rows(table_size: int, code_length: int) -> None:
+  """Raises ValueError unless tables of `table_size` rows fit K-bit codes."""
+  if table_size != 2**code_length:
+    raise ValueError(
+        f"tables have {table_size} rows but code length {code_length} needs"
+        f" 2**{code_length} = {2**code_length}"
     )
 
 
@@ -244,7 +254,7 @@ def weighted_gather(
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
   codes, weights, tables = map(jnp.asarray, (codes, weights, tables))
   _check_float32("weights", weights)
-  _check_table_dtype(tables)
+  check_table_dtype(tables)
   if tables.ndim != 3:
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables, table_size, width = tables.shape
@@ -367,7 +377,7 @@ def lookup(
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
   z, tables = jnp.asarray(z), jnp.asarray(tables)
   _check_float32("z", z)
-  _check_table_dtype(tables)
+  check_table_dtype(tables)
   if tables.ndim != 3:
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables, table_size, width = tables.shape
@@ -381,11 +391,7 @@ def lookup(
         f"code length K = z.shape[-1] must be from 1 to {MAX_CODE_LENGTH}, got"
         f" {code_length}"
     )
-  if table_size != 2**code_length:
-    raise ValueError(
-        f"tables have {table_size} rows but code length {code_length} needs"
-        f" 2**{code_length} = {2**code_length}"
-    )
+  check_table_rows(table_size, code_length)
 
   batch_shape = z.shape[:-2]
   z_NxTxK = z.reshape(math.prod(batch_shape), num_tables, code_length)

@@ -443,9 +443,9 @@ def test_projection_rejects_empty_input_width():
     )
 
 
-@pytest.mark.parametrize("mix", [jnp.float32(0.7), True, "0.7"])
+@pytest.mark.parametrize("mix", [jnp.float32(0.7), True, "0.7", float("nan")])
 def test_projection_rejects_array_mix(mix):
-  with pytest.raises(ValueError, match="mix must be a Python float"):
+  with pytest.raises(ValueError, match="mix must be a finite Python float"):
     bh4.bh4_projection(
         jnp.ones((2, 16)), jnp.ones((1, 4, 2, 8, 8)), jnp.ones(16), mix=mix
     )
@@ -713,6 +713,29 @@ def test_bh4_lookup_with_output_bias_matches_reference():
   np.testing.assert_array_equal(results["ffi"][0], y_without + output_bias)
 
 
+@pytest.mark.parametrize("implementation", ["auto", "ffi", "reference"])
+@pytest.mark.parametrize(
+    "tables_shape,dtype,settings,message",
+    [
+        ((10, 32, 16), jnp.float32, {}, "tables have 32 rows but code length 4 needs"),
+        ((10, 16, 16), jnp.float16, {}, "tables must have dtype float32 or bfloat16"),
+        ((10, 16, 16), jnp.float32, {"estimator": "bogus"}, "estimator must be one of"),
+    ],
+    ids=["rows", "dtype", "estimator"],
+)
+def test_bh4_lookup_checks_tables_on_every_path(
+    implementation, tables_shape, dtype, settings, message
+):
+  # Without differentiation the fused path never calls `lookup`, so
+  # bh4_lookup must check what `lookup` checks.
+  x, kernel, bias, _ = _lookup_inputs(46, 3, 24, (2, 4, 2, 16, 16), 10, 4)
+  tables = jnp.ones(tables_shape, dtype)
+  with pytest.raises(ValueError, match=message):
+    bh4.bh4_lookup(
+        x, kernel, bias, tables, mix=0.7, implementation=implementation, **settings
+    )
+
+
 def test_bh4_lookup_rejects_bad_output_bias():
   x, kernel, bias, tables = _lookup_inputs(45, 2, 24, (2, 4, 2, 16, 16), 10, 4)
   with pytest.raises(ValueError, match=r"output_bias must be float32 \[D\] = \(16,\)"):
@@ -725,6 +748,7 @@ def test_bh4_lookup_rejects_bad_output_bias():
         ((jnp.ones(16),) * 2, r"norm must be None or \(scale, bias, epsilon\)"),
         ((jnp.ones(8), jnp.ones(16), 1e-5), r"norm scale \(8,\) and bias \(16,\)"),
         ((jnp.ones(16), jnp.ones(16), -1.0), "non-negative float, got -1.0"),
+        ((jnp.ones(16), jnp.ones(16), float("nan")), "non-negative float, got nan"),
     ],
 )
 def test_hash_codes_reject_bad_norm(norm, message):
@@ -743,7 +767,7 @@ def test_hash_codes_reject_bad_num_tables(num_tables, message):
     bh4.bh4_hash_codes(x, kernel, bias, mix=0.7, num_tables=num_tables)
 
 
-def test_bh4_lookup_rejects_tables_that_do_not_split_the_projections():
+def test_bh4_lookup_rejects_unsplittable_tables():
   x, kernel, bias, _ = _projection_inputs(27, 2, 32, (1, 4, 4, 8, 8), 32)
   with pytest.raises(ValueError, match="num_tables must divide out_features = 32"):
     bh4.bh4_lookup(x, kernel, bias, jnp.ones((5, 64, 4), jnp.float32), mix=0.7)
