@@ -548,7 +548,8 @@ ffi::Error RunBh4Hash(const char* op, ffi::ThreadPool& pool,
   std::vector<size_t> ranks = {2, 5, 1};
   std::vector<const char*> names = {"x", "kernel", "bias"};
   if (norm_scale != nullptr) {
-    dims.insert(dims.end(), {norm_scale->dimensions(), norm_bias->dimensions()});
+    dims.push_back(norm_scale->dimensions());
+    dims.push_back(norm_bias->dimensions());
     ranks.insert(ranks.end(), {1, 1});
     names.insert(names.end(), {"norm_scale", "norm_bias"});
   }

@@ -243,8 +243,9 @@ ffi::Error RunWeightedGather(const char* op, ffi::ThreadPool& pool,
     return e;
   }
   if (bias != nullptr && dims[3][dims[3].size() - 1] != s.width) {
-    return ShapeMismatch(op, "bias " + ShapeString(dims[3]) + " must have D = " +
-                                 std::to_string(s.width) + " entries");
+    return ShapeMismatch(op, "bias " + ShapeString(dims[3]) +
+                                 " must have D = " + std::to_string(s.width) +
+                                 " entries");
   }
   if (!batch.IsOutput(y->dimensions(), {s.tokens, s.width})) {
     return ShapeMismatch(op, "output shape " + ShapeString(y->dimensions()));

@@ -221,7 +221,7 @@ __attribute__((target("avx2,fma"))) void Transpose8x8(__m256* r) {
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-// Eight tables per step, one a lane: after a transpose, vector j holds bit
+// Eight tables per step, one a lane: after a transpose, vector j contains bit
 // j of every table, and the sums and products run over j in the scalar
 // order, so every result is bitwise the scalar one.
 __attribute__((target("avx2,fma"))) int64_t HashEightBitTablesAvx2(
