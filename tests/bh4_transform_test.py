@@ -585,23 +585,34 @@ def test_bh4_lookup_equals_unfused_kernels(table_dtype):
   np.testing.assert_array_equal(y, want)
 
 
+def _assert_vjp_matches_reference(make_fn, args, dy, names):
+  """Compares value and VJP of `make_fn("ffi")` and `make_fn("reference")`.
+
+  Returns the "ffi" value.
+  """
+  results = {}
+  for impl in ("ffi", "reference"):
+    y, vjp = jax.vjp(make_fn(impl), *args)
+    results[impl] = (y,) + vjp(dy)
+  for name, got, want in zip(names, results["ffi"], results["reference"]):
+    scale = max(float(jnp.max(jnp.abs(want))), 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+  return results["ffi"][0]
+
+
 @requires_ffi
 @pytest.mark.parametrize("estimator", ["score", "straight_through"])
 def test_bh4_lookup_gradient_matches_reference(estimator):
   x, kernel, bias, tables = _lookup_inputs(23, 30, 24, (2, 4, 2, 16, 16), 10, 4)
   dy = jax.random.normal(jax.random.key(24), (30, 16), jnp.float32)
-  results = {}
-  for impl in ("ffi", "reference"):
-    fn = lambda *args, impl=impl: bh4.bh4_lookup(
-        *args, mix=0.7, estimator=estimator, implementation=impl
-    )
-    y, vjp = jax.vjp(fn, x, kernel, bias, tables)
-    results[impl] = (y,) + vjp(dy)
-  for name, got, want in zip(
-      ("y", "dx", "dkernel", "dbias", "dtables"), results["ffi"], results["reference"]
-  ):
-    scale = max(float(jnp.max(jnp.abs(want))), 1.0)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+  _assert_vjp_matches_reference(
+      lambda impl: lambda *args: bh4.bh4_lookup(
+          *args, mix=0.7, estimator=estimator, implementation=impl
+      ),
+      (x, kernel, bias, tables),
+      dy,
+      ("y", "dx", "dkernel", "dbias", "dtables"),
+  )
 
 
 @requires_ffi
@@ -665,16 +676,14 @@ def test_bh4_lookup_with_norm_gradient_matches_reference():
   x, kernel, bias, tables = _lookup_inputs(33, 30, 24, (2, 4, 2, 16, 16), 10, 4)
   scale, norm_bias = _norm_params(34, 24)
   dy = jax.random.normal(jax.random.key(35), (30, 16), jnp.float32)
-  results = {}
-  for impl in ("ffi", "reference"):
-    fn = lambda x, s, b, impl=impl: bh4.bh4_lookup(
-        x, kernel, bias, tables, mix=0.7, norm=(s, b, 1e-5), implementation=impl
-    )
-    y, vjp = jax.vjp(fn, x, scale, norm_bias)
-    results[impl] = (y,) + vjp(dy)
-  for name, got, want in zip(("y", "dx", "dscale", "dbias"), results["ffi"], results["reference"]):
-    scale_of = max(float(jnp.max(jnp.abs(want))), 1.0)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale_of, err_msg=name)
+  _assert_vjp_matches_reference(
+      lambda impl: lambda x, s, b: bh4.bh4_lookup(
+          x, kernel, bias, tables, mix=0.7, norm=(s, b, 1e-5), implementation=impl
+      ),
+      (x, scale, norm_bias),
+      dy,
+      ("y", "dx", "dscale", "dbias"),
+  )
 
 
 @requires_ffi
@@ -699,18 +708,17 @@ def test_bh4_lookup_with_output_bias_matches_reference():
   x, kernel, bias, tables = _lookup_inputs(42, 20, 24, (2, 4, 2, 16, 16), 10, 4)
   output_bias = jax.random.normal(jax.random.key(43), (16,), jnp.float32)
   dy = jax.random.normal(jax.random.key(44), (20, 16), jnp.float32)
-  results = {}
-  for impl in ("ffi", "reference"):
-    fn = lambda x, b, impl=impl: bh4.bh4_lookup(
-        x, kernel, bias, tables, mix=0.7, output_bias=b, implementation=impl
-    )
-    y, vjp = jax.vjp(fn, x, output_bias)
-    results[impl] = (y,) + vjp(dy)
-  for name, got, want in zip(("y", "dx", "doutput_bias"), results["ffi"], results["reference"]):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=name)
+  y = _assert_vjp_matches_reference(
+      lambda impl: lambda x, b: bh4.bh4_lookup(
+          x, kernel, bias, tables, mix=0.7, output_bias=b, implementation=impl
+      ),
+      (x, output_bias),
+      dy,
+      ("y", "dx", "doutput_bias"),
+  )
   # The kernel adds the bias after the sum, as y + bias does.
   y_without = bh4.bh4_lookup(x, kernel, bias, tables, mix=0.7, implementation="ffi")
-  np.testing.assert_array_equal(results["ffi"][0], y_without + output_bias)
+  np.testing.assert_array_equal(y, y_without + output_bias)
 
 
 @pytest.mark.parametrize("implementation", ["auto", "ffi", "reference"])
