@@ -221,11 +221,12 @@ def test_lookup_empty_shapes(n, t, d, estimator):
     assert not np.any(np.asarray(y))
 
 
-# The forward gather and the table-gradient scatter pack each table group's
-# column block when there are at least 2048 tokens. These shapes give several groups (1024 rows of
-# float32 make one table per 256 KiB group, bfloat16 two) and a partial
-# last column block (D = 80).
-PACKED_GATHER_SHAPE = dict(n=2100, t=3, s=1024, d=80)
+# The forward gather and the row dot products of dweights pack each table
+# group's column block when there are at least 2048 tokens. These shapes give
+# several groups (a column block of 1024 float32 rows takes 256 KiB, and a
+# group takes half of a core's L2 cache) and a partial last column block
+# (D = 80).
+PACKED_GATHER_SHAPE = dict(n=2100, t=5, s=1024, d=80)
 
 
 def _packed_gather_inputs(dtype):
@@ -250,7 +251,7 @@ def test_packed_gather_matches_reference(dtype):
 
 @requires_ffi
 def test_packed_gather_backward_matches_reference():
-  # The table-gradient scatter also packs from 2048 tokens on.
+  # The row dot products of dweights also pack from 2048 tokens on.
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
   dy = jax.random.normal(
       jax.random.key(6), (codes.shape[0], tables.shape[-1]), jnp.float32
@@ -265,31 +266,40 @@ def test_packed_gather_backward_matches_reference():
   assert_close(grads["ffi"][1], grads["reference"][1], rtol=2e-5, name="dtables")
 
 
+def _gather_value_and_grads(codes, weights, tables, dy):
+  fn = lambda w, tb: lookupffn_jax.weighted_gather(codes, w, tb, implementation="ffi")
+  y, vjp = jax.vjp(fn, weights, tables)
+  return (y, *vjp(dy))
+
+
 @requires_ffi
 def test_packed_gather_any_thread_count():
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
+  dy = jax.random.normal(jax.random.key(7), (codes.shape[0], tables.shape[-1]))
   results = []
   try:
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
       ext.set_max_threads(threads)
-      results.append(
-          lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
-      )
+      results.append(_gather_value_and_grads(codes, weights, tables, dy))
   finally:
     ext.set_max_threads(0)
-  np.testing.assert_array_equal(results[0], results[1])
+  for other in results[1:]:
+    for name, a, b in zip(("y", "dweights", "dtables"), results[0], other):
+      np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @requires_ffi
 def test_packed_gather_equals_tiled_gather():
-  # The first 1000 tokens alone go through the unpacked kernel. The sums run
-  # in the same order in both, so the results are bitwise equal.
+  # The first 1000 tokens alone go through the unpacked kernels. The sums run
+  # in the same order in both, so the outputs and dweights are bitwise equal.
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
-  packed = lookupffn_jax.weighted_gather(codes, weights, tables, implementation="ffi")
-  tiled = lookupffn_jax.weighted_gather(
-      codes[:1000], weights[:1000], tables, implementation="ffi"
+  dy = jax.random.normal(jax.random.key(7), (codes.shape[0], tables.shape[-1]))
+  y, dweights, _ = _gather_value_and_grads(codes, weights, tables, dy)
+  y_tiled, dweights_tiled, _ = _gather_value_and_grads(
+      codes[:1000], weights[:1000], tables, dy[:1000]
   )
-  np.testing.assert_array_equal(packed[:1000], tiled)
+  np.testing.assert_array_equal(y[:1000], y_tiled)
+  np.testing.assert_array_equal(dweights[:1000], dweights_tiled)
 
 
 @requires_ffi

@@ -34,8 +34,9 @@ void GatherRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
                 const int32_t* codes, const float* weights, TableView tables,
                 float* y);
 
-// dtables[t, codes[n, t]] += weights[n, t] * dy[n] over n in increasing
-// order, after zeroing dtables [T, S, D] (float32).
+// dtables[t, r] = sum of weights[n, t] * dy[n] over the tokens n with
+// codes[n, t] == r, added in increasing n from zero; dtables is [T, S, D]
+// float32. Codes must be in [0, S).
 void ScatterRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
                  const int32_t* codes, const float* weights, const float* dy,
                  float* dtables);

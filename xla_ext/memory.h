@@ -1,0 +1,47 @@
+// Copyright 2026 The lookupffn-jax Authors.
+// SPDX-License-Identifier: Apache-2.0
+//
+// Page hints for large output buffers.
+
+#ifndef LOOKUPFFN_XLA_EXT_MEMORY_H_
+#define LOOKUPFFN_XLA_EXT_MEMORY_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace lookupffn {
+
+// Outputs from this size on get the hint of AdviseHugePages.
+constexpr size_t kHugePageMinBytes = size_t{8} << 20;
+
+// Asks Linux to back the whole 2 MiB pages inside [data, data + bytes) with
+// transparent huge pages, before a kernel first writes them. XLA frees its
+// buffers after each run, and glibc maps an allocation above 32 MiB afresh
+// on every call. Each 4 KiB page then costs a page fault on first touch. A
+// 64 MiB table gradient took 16384 faults and about 17 ms on the 2-core
+// development machine. With the hint it takes 32 faults. The hint changes
+// no value and is ignored where transparent huge pages are off. A failure
+// is ignored too.
+inline void AdviseHugePages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < kHugePageMinBytes) return;
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + bytes) & ~(kHuge - 1);
+  if (last > first) {
+    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+  }
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+}  // namespace lookupffn
+
+#endif  // LOOKUPFFN_XLA_EXT_MEMORY_H_
