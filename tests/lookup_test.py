@@ -224,8 +224,7 @@ def test_lookup_empty_shapes(n, t, d, estimator):
 # The forward gather and the row dot products of dweights pack each table
 # group's column block when there are at least 2048 tokens. These shapes give
 # several groups (a column block of 1024 float32 rows takes 256 KiB, and a
-# group takes half of a core's L2 cache) and a partial last column block
-# (D = 80).
+# group 256 or 512 KiB) and a partial last column block (D = 80).
 PACKED_GATHER_SHAPE = dict(n=2100, t=5, s=1024, d=80)
 
 

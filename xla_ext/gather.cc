@@ -22,8 +22,6 @@
 
 #include "gather.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -54,9 +52,9 @@ constexpr int64_t kTokenTile = 256;
 constexpr int64_t kPrefetchDistance = 16;
 
 // For many tokens per table row, the gather first copies the column block
-// of a group of tables into a contiguous buffer of at most PackedBytes().
-// The column blocks of a row-major table are D floats apart, so they fall
-// into a fraction of the cache sets. Packed, a group's slices fit L2
+// of a group of tables into a contiguous buffer. The column blocks of a
+// row-major table are D floats apart, so they fall into a fraction of the
+// cache sets. Packed, a group's slices fit L2
 // without conflicts, and each is reused by the tokens of a tile. Packing
 // costs one pass over the tables per tile of up to kPackedTokenTile tokens,
 // so it is used from kPackedMinTokens tokens on, with at least
@@ -64,23 +62,18 @@ constexpr int64_t kPrefetchDistance = 16;
 // this ran the 4096-token gather about 1.2x faster with float32 tables and
 // 1.6x with bfloat16; tiles of 1024 tokens were slower than no packing.
 //
-// The buffer takes half of the L2 cache of one core, so that the output
-// block and the codes fit beside it. A larger group loads and stores each
-// output block fewer times. With 1 MiB of L2, 512 KiB ran the 4096-token
-// gather about 1.1x faster than 256 KiB with float32 tables and 1.2x with
-// bfloat16. The group size changes no result: every output element adds
-// the tables in the same order whatever the grouping.
-int64_t PackedBytes() {
-  static const int64_t bytes = [] {
-    int64_t l2 = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    if (l2 <= 0) return int64_t{256 * 1024};
-    return std::clamp<int64_t>(l2 / 2, 128 * 1024, 1024 * 1024);
-  }();
-  return bytes;
-}
+// The buffer holds kGatherPackedBytes for the gather and kDotsPackedBytes
+// for the row dot products. A larger group loads and stores each output
+// block fewer times, but leaves less of L2 to the output block. Against
+// 256 KiB, 512 KiB ran the bfloat16 gather 1.2x faster at 4096 tokens and
+// 1.4x at 32768, and the backward row dot products about 1.1x faster. With
+// float32 tables it ran the gather 1.2x slower at 8192 and 32768 tokens.
+// The group size changes no result: every output element adds the tables
+// in the same order whatever the grouping.
+template <typename TableT>
+constexpr int64_t kGatherPackedBytes =
+    sizeof(TableT) == sizeof(float) ? 256 * 1024 : 512 * 1024;
+constexpr int64_t kDotsPackedBytes = 512 * 1024;
 constexpr int64_t kPackedTokenTile = 4096;
 constexpr int64_t kPackedMinTokens = 2048;
 constexpr int64_t kPackedMinTasks = 8;
@@ -393,10 +386,11 @@ void RowDotsTyped(ffi::ThreadPool& pool, const GatherShape& s,
   // blocks in order, so the sums do not depend on the thread count or on
   // the packing.
   const int64_t slice_bytes = s.table_rows * kColumnBlock * sizeof(TableT);
-  const bool packed =
-      avx2 && s.tokens >= kPackedMinTokens && slice_bytes <= PackedBytes();
+  const bool packed = avx2 && s.tokens >= kPackedMinTokens &&
+                      slice_bytes <= kDotsPackedBytes;
   const int64_t group_size =
-      packed ? std::max<int64_t>(1, std::min(PackedBytes() / slice_bytes, s.tables))
+      packed ? std::max<int64_t>(
+                   1, std::min(kDotsPackedBytes / slice_bytes, s.tables))
              : std::max<int64_t>(s.tables, 1);
   const int64_t groups = (s.tables + group_size - 1) / group_size;
   const int64_t tiles =
@@ -416,7 +410,9 @@ void RowDotsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                 dots + (n * s.tables + group_end) * candidates, 0.f);
     }
     std::vector<TableT> buffer;
-    if (packed) buffer.resize((group_end - group) * s.table_rows * kColumnBlock);
+    if (packed) {
+      buffer.resize((group_end - group) * s.table_rows * kColumnBlock);
+    }
     for (int64_t column = 0; column < s.width; column += kColumnBlock) {
       const int64_t columns = std::min(kColumnBlock, s.width - column);
 #ifdef LOOKUPFFN_HAVE_X86
@@ -465,8 +461,10 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
   const bool avx2 = simd::Avx2Active();
 #ifdef LOOKUPFFN_HAVE_X86
   const int64_t slice_bytes = s.table_rows * kColumnBlock * sizeof(TableT);
-  if (avx2 && s.tokens >= kPackedMinTokens && slice_bytes <= PackedBytes()) {
-    const int64_t group_size = std::min(PackedBytes() / slice_bytes, s.tables);
+  if (avx2 && s.tokens >= kPackedMinTokens &&
+      slice_bytes <= kGatherPackedBytes<TableT>) {
+    const int64_t group_size =
+        std::min(kGatherPackedBytes<TableT> / slice_bytes, s.tables);
     const int64_t tiles = std::max(
         (s.tokens + kPackedTokenTile - 1) / kPackedTokenTile,
         (kPackedMinTasks + column_blocks - 1) / column_blocks);
