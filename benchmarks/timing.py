@@ -20,6 +20,16 @@ import jax
 _CALIBRATION_LIMIT_SECONDS = 1.0
 _MAX_CALLS_PER_REPEAT = 100_000
 
+# After each repeat the next one waits, untimed, for this fraction of the
+# repeat's length, at most _MAX_SETTLE_SECONDS. A call can return before the
+# memory it used is released: XLA frees a program's temporaries after its
+# outputs are ready, and unmapping the gigabytes that the reference lookup
+# gradient allocates at 4096 tokens took about 0.13 s. Without the wait that
+# work ran during the next candidate's repeat and tripled the time of the
+# 60 ms call that followed it.
+_SETTLE_FRACTION = 0.5
+_MAX_SETTLE_SECONDS = 0.3
+
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
@@ -114,6 +124,9 @@ def time_interleaved(
   of `repeats` rounds runs one repeat of every candidate, starting from a
   different candidate in each round. Each call is waited for before the next
   starts, so a time is the latency of a synchronous call, dispatch included.
+  After each repeat the loop pauses, untimed, for half the repeat's length
+  (at most 0.3 s), so that memory released late by one candidate is not
+  released during the next one's repeat.
 
   Returns:
     {name: Timing}, in the order of `candidates`. With `keep_warmup_outputs`
@@ -146,7 +159,9 @@ def time_interleaved(
   for round_index in range(repeats):
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
-      seconds[name].append(_run_calls(candidates[name], calls[name]))
+      per_call = _run_calls(candidates[name], calls[name])
+      seconds[name].append(per_call)
+      time.sleep(min(_MAX_SETTLE_SECONDS, _SETTLE_FRACTION * per_call * calls[name]))
   return {
       name: Timing(tuple(seconds[name]), calls[name], warmup_outputs.get(name))
       for name in names
