@@ -272,9 +272,42 @@ def _gather_value_and_grads(codes, weights, tables, dy):
 
 
 @requires_ffi
+def test_table_gradient_over_several_token_tiles():
+  # The scatter sorts and adds 4096 tokens at a time, so a row's sum goes on
+  # from one tile to the next. Rows 0 and 7 are never looked up.
+  rng = np.random.default_rng(8)
+  n, t, s, d = 9000, 3, 8, 72
+  codes = jnp.asarray(rng.integers(1, s - 1, (n, t)), jnp.int32)
+  weights = jnp.asarray(rng.standard_normal((n, t)), jnp.float32)
+  tables = jnp.asarray(rng.standard_normal((t, s, d)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
+  dtables = {}
+  for implementation in ("ffi", "reference"):
+    fn = lambda tb, impl=implementation: lookupffn_jax.weighted_gather(
+        codes, weights, tb, implementation=impl
+    )
+    dtables[implementation] = jax.vjp(fn, tables)[1](dy)[0]
+  assert_close(dtables["ffi"], dtables["reference"], rtol=2e-5, name="dtables")
+  np.testing.assert_array_equal(dtables["ffi"][:, [0, s - 1]], 0.0)
+  try:
+    ext.set_max_threads(1)
+    one_thread = jax.vjp(
+        lambda tb: lookupffn_jax.weighted_gather(
+            codes, weights, tb, implementation="ffi"
+        ),
+        tables,
+    )[1](dy)[0]
+  finally:
+    ext.set_max_threads(0)
+  np.testing.assert_array_equal(one_thread, dtables["ffi"])
+
+
+@requires_ffi
 def test_packed_gather_any_thread_count():
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
-  dy = jax.random.normal(jax.random.key(7), (codes.shape[0], tables.shape[-1]))
+  dy = jax.random.normal(
+      jax.random.key(7), (codes.shape[0], tables.shape[-1]), jnp.float32
+  )
   results = []
   try:
     for threads in (1, 2, 3):
@@ -292,7 +325,9 @@ def test_packed_gather_equals_tiled_gather():
   # The first 1000 tokens alone go through the unpacked kernels. The sums run
   # in the same order in both, so the outputs and dweights are bitwise equal.
   codes, weights, tables = _packed_gather_inputs(jnp.float32)
-  dy = jax.random.normal(jax.random.key(7), (codes.shape[0], tables.shape[-1]))
+  dy = jax.random.normal(
+      jax.random.key(7), (codes.shape[0], tables.shape[-1]), jnp.float32
+  )
   y, dweights, _ = _gather_value_and_grads(codes, weights, tables, dy)
   y_tiled, dweights_tiled, _ = _gather_value_and_grads(
       codes[:1000], weights[:1000], tables, dy[:1000]
