@@ -10,13 +10,13 @@
 // shape above) stay in cache while a tile of kTokenTile tokens reuses them.
 // Each output block is accumulated in registers across a whole group.
 //
-// The table-gradient scatter first sorts each table's look-ups by row, then
-// sums each row's block in registers and writes it once, so it never reads
-// a gradient row back.
+// The table-gradient scatter sorts the look-ups of a tile of tokens by row,
+// then sums each row's block in registers and stores it once per tile, so
+// it reads a gradient row back only between tiles.
 //
 // Work is split into (column block, token tile) tasks for the gather,
 // (table group, token tile) tasks for the row dot products and (table
-// group, column block) tasks for the scatter. Every output element belongs
+// group, range of column blocks) tasks for the scatter. Every output element belongs
 // to one task and is summed in a fixed order, so results do not depend on
 // the thread count.
 

@@ -23,7 +23,8 @@ constexpr size_t kHugePageMinBytes = size_t{8} << 20;
 // buffers after each run, and glibc maps an allocation above 32 MiB afresh
 // on every call. Each 4 KiB page then costs a page fault on first touch. A
 // 64 MiB table gradient took 16384 faults and about 17 ms on the 2-core
-// development machine. With the hint it takes 32 faults. The hint changes
+// development machine. With the hint it takes one fault per 2 MiB page, 32
+// in all. The hint changes
 // no value and is ignored where transparent huge pages are off. A failure
 // is ignored too.
 inline void AdviseHugePages(void* data, size_t bytes) {
