@@ -148,6 +148,7 @@ struct RowBuckets {
   std::vector<int64_t> start;  // [G, S + 1]
   std::vector<int64_t> token;  // [G * (end - begin)]
   std::vector<float> weight;   // [G * (end - begin)]
+  std::vector<int64_t> next;   // [S], the sort's next entry per row
 };
 
 // Sorts the look-ups of tables [group, group_end) by tokens [begin, end) by
@@ -161,15 +162,15 @@ void BucketByRow(const GatherShape& s, const int32_t* codes,
   b->start.assign((group_end - group) * (rows + 1), 0);
   b->token.resize((group_end - group) * tokens);
   b->weight.resize((group_end - group) * tokens);
-  std::vector<int64_t> next(rows);
+  b->next.resize(rows);
   for (int64_t t = group; t < group_end; ++t) {
     int64_t* start = b->start.data() + (t - group) * (rows + 1);
     for (int64_t n = begin; n < end; ++n) ++start[codes[n * s.tables + t] + 1];
     start[0] = (t - group) * tokens;
     for (int64_t r = 0; r < rows; ++r) start[r + 1] += start[r];
-    std::copy(start, start + rows, next.begin());
+    std::copy(start, start + rows, b->next.begin());
     for (int64_t n = begin; n < end; ++n) {
-      const int64_t k = next[codes[n * s.tables + t]]++;
+      const int64_t k = b->next[codes[n * s.tables + t]]++;
       b->token[k] = n;
       b->weight[k] = weights[n * s.tables + t];
     }
@@ -554,7 +555,7 @@ void ScatterRows(ffi::ThreadPool& pool, const GatherShape& s,
                  float* dtables) {
   AdviseHugePages(dtables,
                   sizeof(float) * s.tables * s.table_rows * s.width);
-  if (s.tables == 0 || s.width == 0) return;
+  if (s.tables == 0 || s.table_rows == 0 || s.width == 0) return;
   // A task owns the rows of a table group for a range of column blocks. It
   // takes kScatterTokenTile tokens at a time: it sorts their look-ups by
   // row, then adds each row's look-ups in registers and stores the row once
