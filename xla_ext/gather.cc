@@ -16,9 +16,9 @@
 //
 // Work is split into (column block, token tile) tasks for the gather,
 // (table group, token tile) tasks for the row dot products and (table
-// group, range of column blocks) tasks for the scatter. Every output element belongs
-// to one task and is summed in a fixed order, so results do not depend on
-// the thread count.
+// group, range of column blocks) tasks for the scatter. Every output
+// element belongs to one task and is summed in a fixed order, so results
+// do not depend on the thread count.
 
 #include "gather.h"
 
