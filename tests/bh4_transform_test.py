@@ -76,6 +76,8 @@ def _assert_same_for_thread_counts(fn, inputs):
 # 384 tokens, exactly one tile and one step, F = 1, D' = 1 and d = 0. From
 # 256 tokens the forward folds the Hadamard stages within a block into the
 # blocks: the cases from 260 tokens run that path for NB = 2, 4, 8 and 16.
+# The butterflies run three stages per pass from D' = 64: D' = 2048 and
+# 4096 add passes after the first and end with two stages or none left.
 TRANSFORM_CASES = [
     (1, 512, (2, 4, 8, 64, 64)),
     (7, 500, (2, 4, 8, 64, 64)),
@@ -92,6 +94,8 @@ TRANSFORM_CASES = [
     (260, 256, (1, 4, 16, 16, 16)),
     (3, 1, (3, 2, 1, 1, 1)),
     (5, 0, (1, 4, 2, 8, 8)),
+    (3, 2000, (1, 2, 32, 64, 64)),
+    (2, 4096, (1, 1, 64, 64, 64)),
 ]
 
 

@@ -272,8 +272,93 @@ __attribute__((target("avx2,fma"))) void ButterflyStagesAvx2(int64_t width,
   }
 }
 
-// Needs width to be a multiple of 8. The first three butterfly stages
-// (entries 1, 2 and 4 apart) run inside each vector of 8.
+// The butterflies of 8 vectors: pairs 1 apart, then 2, then 4, as
+// HadamardStageScalar orders them. The vectors are separate arguments
+// rather than an array, which GCC would keep in memory.
+__attribute__((target("avx2,fma"))) inline void ButterflyNetwork8(
+    __m256& v0, __m256& v1, __m256& v2, __m256& v3, __m256& v4, __m256& v5,
+    __m256& v6, __m256& v7) {
+  const __m256 s0 = _mm256_add_ps(v0, v1), d0 = _mm256_sub_ps(v0, v1);
+  const __m256 s1 = _mm256_add_ps(v2, v3), d1 = _mm256_sub_ps(v2, v3);
+  const __m256 s2 = _mm256_add_ps(v4, v5), d2 = _mm256_sub_ps(v4, v5);
+  const __m256 s3 = _mm256_add_ps(v6, v7), d3 = _mm256_sub_ps(v6, v7);
+  const __m256 t0 = _mm256_add_ps(s0, s1), t2 = _mm256_sub_ps(s0, s1);
+  const __m256 t1 = _mm256_add_ps(d0, d1), t3 = _mm256_sub_ps(d0, d1);
+  const __m256 t4 = _mm256_add_ps(s2, s3), t6 = _mm256_sub_ps(s2, s3);
+  const __m256 t5 = _mm256_add_ps(d2, d3), t7 = _mm256_sub_ps(d2, d3);
+  v0 = _mm256_add_ps(t0, t4);
+  v1 = _mm256_add_ps(t1, t5);
+  v2 = _mm256_add_ps(t2, t6);
+  v3 = _mm256_add_ps(t3, t7);
+  v4 = _mm256_sub_ps(t0, t4);
+  v5 = _mm256_sub_ps(t1, t5);
+  v6 = _mm256_sub_ps(t2, t6);
+  v7 = _mm256_sub_ps(t3, t7);
+}
+
+// Scales a vector of 8 and runs the butterfly stages with entries 1, 2 and
+// 4 apart inside it. Each stage adds the partner lane p to lanes of the
+// first half of a pair and subtracts the lane from p in the second half.
+__attribute__((target("avx2,fma"))) inline __m256 ScaleAndButterflyLanes(
+    __m256 v, __m256 scale) {
+  v = _mm256_mul_ps(v, scale);
+  __m256 p = _mm256_permute_ps(v, 0xB1);
+  v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
+  p = _mm256_permute_ps(v, 0x4E);
+  v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
+  p = _mm256_permute2f128_ps(v, v, 0x01);
+  return _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
+}
+
+// Loads 8 vectors `step` floats apart from x, runs ButterflyNetwork8 on
+// them and stores them back. With kLanesFirst, each vector first gets
+// ScaleAndButterflyLanes.
+template <bool kLanesFirst>
+__attribute__((target("avx2,fma"))) inline void Butterfly8At(float* x,
+                                                            int64_t step,
+                                                            __m256 scale) {
+  __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + step),
+         v2 = _mm256_loadu_ps(x + 2 * step), v3 = _mm256_loadu_ps(x + 3 * step),
+         v4 = _mm256_loadu_ps(x + 4 * step), v5 = _mm256_loadu_ps(x + 5 * step),
+         v6 = _mm256_loadu_ps(x + 6 * step), v7 = _mm256_loadu_ps(x + 7 * step);
+  if constexpr (kLanesFirst) {
+    v0 = ScaleAndButterflyLanes(v0, scale);
+    v1 = ScaleAndButterflyLanes(v1, scale);
+    v2 = ScaleAndButterflyLanes(v2, scale);
+    v3 = ScaleAndButterflyLanes(v3, scale);
+    v4 = ScaleAndButterflyLanes(v4, scale);
+    v5 = ScaleAndButterflyLanes(v5, scale);
+    v6 = ScaleAndButterflyLanes(v6, scale);
+    v7 = ScaleAndButterflyLanes(v7, scale);
+  }
+  ButterflyNetwork8(v0, v1, v2, v3, v4, v5, v6, v7);
+  _mm256_storeu_ps(x, v0);
+  _mm256_storeu_ps(x + step, v1);
+  _mm256_storeu_ps(x + 2 * step, v2);
+  _mm256_storeu_ps(x + 3 * step, v3);
+  _mm256_storeu_ps(x + 4 * step, v4);
+  _mm256_storeu_ps(x + 5 * step, v5);
+  _mm256_storeu_ps(x + 6 * step, v6);
+  _mm256_storeu_ps(x + 7 * step, v7);
+}
+
+// The butterfly stages with entries h, 2h and 4h apart of one row of
+// `width` floats, all three in registers: one pass over the row instead of
+// three. h must be a multiple of 8 and width of 8h.
+__attribute__((target("avx2,fma"))) void ButterflyThreeStagesAvx2(
+    int64_t width, int64_t h, float* x) {
+  for (int64_t start = 0; start < width; start += 8 * h) {
+    for (int64_t c = start; c < start + h; c += 8) {
+      Butterfly8At<false>(x + c, h, _mm256_setzero_ps());
+    }
+  }
+}
+
+// Needs width to be a multiple of 8. The stages run in the order of
+// HadamardRowsScalar, three at a time in registers. Where width is a
+// multiple of 64, the first pass runs the stages 1 to 32 apart on 64
+// floats at a time. Each later pass runs three more, so width 512 takes two
+// passes over the row instead of seven.
 __attribute__((target("avx2,fma"))) void HadamardRowsAvx2(int64_t rows,
                                                          int64_t width,
                                                          float* data,
@@ -281,56 +366,27 @@ __attribute__((target("avx2,fma"))) void HadamardRowsAvx2(int64_t rows,
   const __m256 scale = _mm256_set1_ps(1.f / std::sqrt(static_cast<float>(width)));
   for (int64_t m = 0; m < rows; ++m) {
     float* x = data + m * stride;
-    for (int64_t j = 0; j < width; j += 8) {
-      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + j), scale);
-      // Each stage adds the partner lane p to lanes of the first half of a
-      // pair and subtracts the lane from p in the second half.
-      __m256 p = _mm256_permute_ps(v, 0xB1);
-      v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xAA);
-      p = _mm256_permute_ps(v, 0x4E);
-      v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xCC);
-      p = _mm256_permute2f128_ps(v, v, 0x01);
-      v = _mm256_blend_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), 0xF0);
-      _mm256_storeu_ps(x + j, v);
+    int64_t h = 8;
+    if (width % 64 == 0) {
+      for (int64_t c = 0; c < width; c += 64) {
+        Butterfly8At<true>(x + c, 8, scale);
+      }
+      h = 64;
+    } else {
+      for (int64_t j = 0; j < width; j += 8) {
+        _mm256_storeu_ps(x + j, ScaleAndButterflyLanes(_mm256_loadu_ps(x + j), scale));
+      }
     }
-    ButterflyStagesAvx2(width, 8, x);
+    for (; 8 * h <= width; h *= 8) ButterflyThreeStagesAvx2(width, h, x);
+    ButterflyStagesAvx2(width, h, x);
   }
 }
 
-// The butterflies of NB = 8 blocks for 8 columns at a time, all three
-// stages in registers: one pass over each row instead of three.
+// The butterflies of NB = 8 blocks, all three stages in registers.
 __attribute__((target("avx2,fma"))) void CrossBlockHadamard8Avx2(
     int64_t rows, int64_t block_size, float* data, int64_t stride) {
-  const int64_t b = block_size;
   for (int64_t m = 0; m < rows; ++m) {
-    float* x = data + m * stride;
-    for (int64_t c = 0; c < b; c += 8) {
-      const __m256 v0 = _mm256_loadu_ps(x + c);
-      const __m256 v1 = _mm256_loadu_ps(x + b + c);
-      const __m256 v2 = _mm256_loadu_ps(x + 2 * b + c);
-      const __m256 v3 = _mm256_loadu_ps(x + 3 * b + c);
-      const __m256 v4 = _mm256_loadu_ps(x + 4 * b + c);
-      const __m256 v5 = _mm256_loadu_ps(x + 5 * b + c);
-      const __m256 v6 = _mm256_loadu_ps(x + 6 * b + c);
-      const __m256 v7 = _mm256_loadu_ps(x + 7 * b + c);
-      // Blocks 1 apart, then 2, then 4, as HadamardStageScalar orders them.
-      const __m256 s0 = _mm256_add_ps(v0, v1), d0 = _mm256_sub_ps(v0, v1);
-      const __m256 s1 = _mm256_add_ps(v2, v3), d1 = _mm256_sub_ps(v2, v3);
-      const __m256 s2 = _mm256_add_ps(v4, v5), d2 = _mm256_sub_ps(v4, v5);
-      const __m256 s3 = _mm256_add_ps(v6, v7), d3 = _mm256_sub_ps(v6, v7);
-      const __m256 t0 = _mm256_add_ps(s0, s1), t2 = _mm256_sub_ps(s0, s1);
-      const __m256 t1 = _mm256_add_ps(d0, d1), t3 = _mm256_sub_ps(d0, d1);
-      const __m256 t4 = _mm256_add_ps(s2, s3), t6 = _mm256_sub_ps(s2, s3);
-      const __m256 t5 = _mm256_add_ps(d2, d3), t7 = _mm256_sub_ps(d2, d3);
-      _mm256_storeu_ps(x + c, _mm256_add_ps(t0, t4));
-      _mm256_storeu_ps(x + b + c, _mm256_add_ps(t1, t5));
-      _mm256_storeu_ps(x + 2 * b + c, _mm256_add_ps(t2, t6));
-      _mm256_storeu_ps(x + 3 * b + c, _mm256_add_ps(t3, t7));
-      _mm256_storeu_ps(x + 4 * b + c, _mm256_sub_ps(t0, t4));
-      _mm256_storeu_ps(x + 5 * b + c, _mm256_sub_ps(t1, t5));
-      _mm256_storeu_ps(x + 6 * b + c, _mm256_sub_ps(t2, t6));
-      _mm256_storeu_ps(x + 7 * b + c, _mm256_sub_ps(t3, t7));
-    }
+    ButterflyThreeStagesAvx2(8 * block_size, block_size, data + m * stride);
   }
 }
 
