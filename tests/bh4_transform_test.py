@@ -5,6 +5,8 @@
 Every input is float32, so the file also runs with JAX_ENABLE_X64=1.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -533,10 +535,27 @@ def test_hash_codes_match_reference(
 
 
 @requires_ffi
+@pytest.mark.parametrize("case", [HASH_CASES[2], (8, 512, (2, 4, 8, 64, 64), 1024, 128)])
+def test_hash_codes_same_for_thread_counts(case):
+  # Below 96 tokens the repeats run on separate threads, and tables whose
+  # columns span two repeats (the first case) are hashed after both.
+  tokens, in_features, kernel_shape, out_features, num_tables = case
+  x, kernel, bias, _ = _projection_inputs(
+      29, tokens, in_features, kernel_shape, out_features
+  )
+  hash_codes = jax.jit(
+      functools.partial(
+          bh4.bh4_hash_codes, mix=0.7, num_tables=num_tables, implementation="ffi"
+      )
+  )
+  _assert_same_for_thread_counts(hash_codes, (x, kernel, bias))
+
+
+@requires_ffi
 def test_hash_codes_rows_independent_of_batch():
-  # Below 96 tokens the kernel computes z with the repeats as separate work
-  # items before it hashes; from 96 on it hashes tile by tile. A row's codes
-  # and scores are the same either way.
+  # Below 96 tokens each repeat is a work item that hashes the tables within
+  # its columns. From 96 on the kernel hashes tile by tile. A row's codes and
+  # scores are the same either way.
   x, kernel, bias, _ = _projection_inputs(28, 100, 512, (2, 4, 8, 64, 64), 1024)
   hash_rows = lambda rows: bh4.bh4_hash_codes(
       x[:rows], kernel, bias, mix=0.7, num_tables=128, implementation="ffi"

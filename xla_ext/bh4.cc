@@ -262,6 +262,70 @@ struct HashOutput {
   float* scores;        // [M, T]
 };
 
+// Bh4Hash below 2 * kTokensPerTile tokens, where tiles alone would leave a
+// thread idle: each (tile, repeat) is a work item, as in Bh4Forward, so a
+// single token still uses R threads. An item normalizes its tile, computes
+// the repeat's columns of z and hashes the tables whose columns all lie in
+// them. The tables that span two repeats are hashed after the loop. Each
+// row and table goes through the same operations as on the tiled path, so
+// the results are the same.
+void Bh4HashByRepeat(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
+                     const float* kernel, const Mix& mix, const Norm* norm,
+                     const HashOutput& out) {
+  static_assert(kFoldMinTokens >= 2 * kTokensPerTile,
+                "this path multiplies by the unfolded blocks");
+  const int64_t width = s.width();
+  const int64_t k = out.code_length;
+  const int64_t tables = mix.out_features / k;
+  const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
+  std::vector<float> z(s.tokens * mix.out_features);
+  ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
+    const int64_t tile = item / s.repeats;
+    const int64_t r = item % s.repeats;
+    const int64_t columns = std::min(width, mix.out_features - r * width);
+    if (columns <= 0) return;
+    const int64_t first = tile * kTokensPerTile;
+    const int64_t rows = std::min(kTokensPerTile, s.tokens - first);
+    std::vector<float> scratch(2 * rows * width + columns +
+                               (norm != nullptr ? rows * s.in_width : 0));
+    float* a = scratch.data();
+    float* v = a + rows * width;
+    float* e = v + rows * width;
+    const float* x_tile = x + first * s.in_width;
+    if (norm != nullptr) {
+      float* normalized = e + columns;
+      NormalizeRows(rows, s.in_width, x_tile, *norm, normalized);
+      x_tile = normalized;
+    }
+    LoadPadded(s, rows, x_tile, a);
+    const float* transformed =
+        ForwardTile(s, rows, kernel + r * s.factors * s.factor_elements(),
+                    /*folded=*/false, a, v, nullptr, 0);
+    float* z_tile = z.data() + first * mix.out_features;
+    MixTile(s, mix, rows, r, columns, transformed, x_tile, z_tile);
+    // Tables [table_begin, table_end) have all K columns in this repeat.
+    const int64_t table_begin = (r * width + k - 1) / k;
+    const int64_t table_end = (r * width + columns) / k;
+    if (table_begin >= table_end) return;
+    for (int64_t m = 0; m < rows; ++m) {
+      const int64_t i = (first + m) * tables + table_begin;
+      HashToken(table_end - table_begin, k,
+                z_tile + m * mix.out_features + table_begin * k, e,
+                out.codes + i, out.scores + i);
+    }
+  });
+  // The tables whose columns span two repeats.
+  std::vector<float> e(k);
+  for (int64_t r = 1; r < s.repeats && r * width < mix.out_features; ++r) {
+    if ((r * width) % k == 0) continue;
+    const int64_t t = r * width / k;
+    for (int64_t n = 0; n < s.tokens; ++n) {
+      HashToken(1, k, z.data() + n * mix.out_features + t * k, e.data(),
+                out.codes + n * tables + t, out.scores + n * tables + t);
+    }
+  }
+}
+
 // Runs the BH4 layer on every token and hashes its output, so z is never
 // stored. Work items are tiles, and each runs all repeats into a [rows,
 // out_features] buffer, because a table's K columns may span two repeats.
@@ -272,22 +336,7 @@ void Bh4Hash(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   const int64_t width = s.width();
   const int64_t tables = mix.out_features / out.code_length;
   if (s.tokens < 2 * kTokensPerTile) {
-    // A single tile would run on one thread, so z is computed with the
-    // repeats as separate work items, as Bh4Forward does, and then hashed.
-    // The operations per row are the same, and so are the results.
-    std::vector<float> normalized;
-    if (norm != nullptr) {
-      normalized.resize(s.tokens * s.in_width);
-      NormalizeRows(s.tokens, s.in_width, x, *norm, normalized.data());
-      x = normalized.data();
-    }
-    std::vector<float> z(s.tokens * mix.out_features);
-    Bh4Forward(pool, s, x, kernel, &mix, z.data());
-    std::vector<float> e(mix.out_features);
-    for (int64_t n = 0; n < s.tokens; ++n) {
-      HashToken(tables, out.code_length, z.data() + n * mix.out_features,
-                e.data(), out.codes + n * tables, out.scores + n * tables);
-    }
+    Bh4HashByRepeat(pool, s, x, kernel, mix, norm, out);
     return;
   }
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
