@@ -6,7 +6,9 @@ import logging
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
+from lookupffn_jax import layers
 from lookupffn_jax import models
 
 from benchmarks import report
@@ -20,8 +22,13 @@ _MODELS = {
     "lookup_bh4": ("lookup_bh4", jnp.float32),
     "lookup_bh4_bf16": ("lookup_bh4", jnp.bfloat16),
     "lookup_dense": ("lookup_dense", jnp.float32),
+    "without_ffn": ("dense", jnp.float32),
 }
 _BASELINE = "dense"
+# The dense model with the output of every FFN block (its LayerNorm
+# included) replaced by zeros, which XLA then leaves out: the time of
+# everything else. Its speedup over dense bounds what any FFN can give.
+_WITHOUT_FFN = "without_ffn"
 
 # The MLM head modes: logits at every position, or only at the masked
 # positions (15%, as in pretraining), as a fill-mask or evaluation pass
@@ -46,6 +53,30 @@ def _ffn_share_note(seq_len: int) -> str:
       f"Analytic forward cost at sequence length {seq_len}, logits at every"
       " position: " + "; ".join(shares) + "."
   )
+
+
+def _zero_ffn(next_fun, args, kwargs, context):
+  """Interceptor that makes every `DenseFFN` call return zeros."""
+  if isinstance(context.module, layers.DenseFFN) and context.method_name == "__call__":
+    return jnp.zeros_like(args[0])
+  return next_fun(*args, **kwargs)
+
+
+def _apply_fn(model, name):
+  """Returns the inference call of `model`, the `name` entry of `_MODELS`."""
+
+  def apply(params, ids, mask, positions):
+    def forward():
+      return model.apply(
+          params, ids, mask, deterministic=True, prediction_positions_BxP=positions
+      )
+
+    if name != _WITHOUT_FFN:
+      return forward()
+    with nn.intercept_methods(_zero_ffn):
+      return forward()
+
+  return apply
 
 
 def _store_tables(params, dtype):
@@ -84,6 +115,9 @@ def run(settings: settings_lib.Settings) -> list[report.Table]:
           " The LookupFFN models run the FFI kernels (implementation=\"auto\")."
           " lookup_bh4_bf16 is lookup_bh4 with table_dtype=bfloat16 and its"
           " tables stored in bfloat16.",
+          "without_ffn is the dense model with the output of every FFN block,"
+          " its LayerNorm included, replaced by zeros: the time of the rest"
+          " of the model. Its speedup is the most that any FFN could give.",
       ],
   )
   models_by_name = {
@@ -129,9 +163,7 @@ def _time_case(table, models_by_name, params, input_ids, mask, positions, mode,
   candidates = {}
   skipped = {}
   for name, model in models_by_name.items():
-    apply = lambda params, ids, mask, positions, model=model: model.apply(
-        params, ids, mask, deterministic=True, prediction_positions_BxP=positions
-    )
+    apply = _apply_fn(model, name)
     call, needed = timing.compile_within_budget(
         apply, (params[name], input_ids, mask, positions), settings.max_memory_bytes
     )
