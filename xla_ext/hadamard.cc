@@ -184,24 +184,41 @@ __attribute__((target("avx2,fma"))) inline void RowKernelAvx2(
 // the FMA latency on current x86 cores with 16 vector registers.
 constexpr int64_t kMicroRows = 6;
 
-// Needs block_size to be a multiple of 8. Groups of six rows go through the
-// 6 x 16 kernel one strip of 16 columns at a time, so that strip of the
-// block (b x 16 floats) stays in L1 while the rows pass over it. Each
-// leftover row goes through the one-row kernel, 64 columns at a time.
+// Needs block_size to be a multiple of 8. Rows go through the 6 x 16
+// kernel in groups of six, one strip of 16 columns at a time, so that strip
+// of the block (b x 16 floats) stays in L1 while the rows pass over it.
+// Of the rows left over, 3 or 4 go through the 3- or 4-row kernel, 5 through
+// the 4-row one and the one-row kernel, and a pair after a group of six
+// makes two groups of four. Timed alone on the 2-core development machine
+// (8 blocks of 64 x 64, four factors), 8 rows took 21.6 us as 4 + 4 and
+// 24.7 us as 6 + 2 with the one-row kernel, and 10 rows 26 us instead of
+// 36 us. One or two rows go through the one-row kernel, 64 columns at a
+// time, which ran them faster than the 1- and 2-row 16-column kernels.
 __attribute__((target("avx2,fma"))) void BlockDiagonalMultiplyAvx2(
     int64_t rows, int64_t num_blocks, int64_t block_size, const float* in,
     int64_t in_stride, const float* blocks, float* out, int64_t out_stride) {
   const int64_t b = block_size;
-  const int64_t grouped = rows - rows % kMicroRows;
+  int64_t grouped = rows - rows % kMicroRows;
+  if (rows % kMicroRows == 2 && grouped >= kMicroRows) grouped -= kMicroRows;
+  // Rows [grouped, strip_end) take the 4- and 3-row kernels: 3, 4 or 8 of
+  // them, or 4 of 5.
+  const int64_t left = rows - grouped;
+  int64_t strip_end = grouped;
+  if (left == 5) {
+    strip_end += 4;
+  } else if (left >= 3) {
+    strip_end += left;
+  }
   for (int64_t n = 0; n < num_blocks; ++n) {
     const float* x = in + n * b;
     const float* w = blocks + n * b * b;
     float* y = out + n * b;
     for (int64_t o = 0; o < b; o += 16) {
+      const bool full = o + 16 <= b;
       for (int64_t m = 0; m < grouped; m += kMicroRows) {
         const float* a = x + m * in_stride;
         float* c = y + m * out_stride + o;
-        if (o + 16 <= b) {
+        if (full) {
           MicroKernelAvx2<kMicroRows, 2>(b, a, in_stride, 1, w + o, b, c,
                                          out_stride);
         } else {
@@ -209,8 +226,27 @@ __attribute__((target("avx2,fma"))) void BlockDiagonalMultiplyAvx2(
                                          out_stride);
         }
       }
+      for (int64_t m = grouped; m < strip_end;) {
+        const float* a = x + m * in_stride;
+        float* c = y + m * out_stride + o;
+        if (strip_end - m >= 4) {
+          if (full) {
+            MicroKernelAvx2<4, 2>(b, a, in_stride, 1, w + o, b, c, out_stride);
+          } else {
+            MicroKernelAvx2<4, 1>(b, a, in_stride, 1, w + o, b, c, out_stride);
+          }
+          m += 4;
+        } else {
+          if (full) {
+            MicroKernelAvx2<3, 2>(b, a, in_stride, 1, w + o, b, c, out_stride);
+          } else {
+            MicroKernelAvx2<3, 1>(b, a, in_stride, 1, w + o, b, c, out_stride);
+          }
+          m += 3;
+        }
+      }
     }
-    for (int64_t m = grouped; m < rows; ++m) {
+    for (int64_t m = strip_end; m < rows; ++m) {
       const float* a = x + m * in_stride;
       float* c = y + m * out_stride;
       int64_t o = 0;
