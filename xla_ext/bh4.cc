@@ -262,13 +262,13 @@ struct HashOutput {
   float* scores;        // [M, T]
 };
 
-// Bh4Hash below 2 * kTokensPerTile tokens, where tiles alone would leave a
-// thread idle: each (tile, repeat) is a work item, as in Bh4Forward, so a
-// single token still uses R threads. An item normalizes its tile, computes
-// the repeat's columns of z and hashes the tables whose columns all lie in
-// them. The tables that span two repeats are hashed after the loop. Each
-// row and table goes through the same operations as on the tiled path, so
-// the results are the same.
+// Runs Bh4Hash below 2 * kTokensPerTile tokens, where tiles alone would
+// leave a thread idle. Each (tile, repeat) is a work item, as in
+// Bh4Forward, so a single token still uses R threads. An item normalizes
+// its tile, computes the repeat's columns of z and hashes the tables whose
+// columns all lie in them. The tables that span two repeats are hashed
+// after the loop. Each row and table goes through the same operations as
+// on the tiled path, so the results are the same.
 void Bh4HashByRepeat(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
                      const float* kernel, const Mix& mix, const Norm* norm,
                      const HashOutput& out) {

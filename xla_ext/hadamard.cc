@@ -190,8 +190,8 @@ constexpr int64_t kMicroRows = 6;
 // Of the rows left over, 3 or 4 go through the 3- or 4-row kernel, 5 through
 // the 4-row one and the one-row kernel, and a pair after a group of six
 // makes two groups of four. Timed alone on the 2-core development machine
-// (8 blocks of 64 x 64, four factors), 8 rows took 21.6 us as 4 + 4 and
-// 24.7 us as 6 + 2 with the one-row kernel, and 10 rows 26 us instead of
+// (four factors of 8 blocks of 64 x 64), 8 rows took 21.6 us as 4 + 4 and
+// 24.7 us as 6 + 2 with the one-row kernel. 10 rows took 26 us instead of
 // 36 us. One or two rows go through the one-row kernel, 64 columns at a
 // time, which ran them faster than the 1- and 2-row 16-column kernels.
 __attribute__((target("avx2,fma"))) void BlockDiagonalMultiplyAvx2(
