@@ -223,9 +223,10 @@ def test_lookup_empty_shapes(n, t, d, estimator):
 
 # The forward gather and the row dot products of dweights pack each table
 # group's column block when there are at least 2048 tokens. These shapes give
-# several groups (a column block of 1024 float32 rows takes 256 KiB, and a
-# group 256 or 512 KiB) and a partial last column block (D = 80).
-PACKED_GATHER_SHAPE = dict(n=2100, t=5, s=1024, d=80)
+# several groups and a partial last column block (D = 80): a column block of
+# 1024 rows takes 256 KiB in float32 and 128 KiB in bfloat16, the row dot
+# products pack 512 KiB and the gather half of L2, at most 2 MiB.
+PACKED_GATHER_SHAPE = dict(n=2100, t=17, s=1024, d=80)
 
 
 def _packed_gather_inputs(dtype):

@@ -62,17 +62,18 @@ constexpr int64_t kPrefetchDistance = 16;
 // this ran the 4096-token gather about 1.2x faster with float32 tables and
 // 1.6x with bfloat16; tiles of 1024 tokens were slower than no packing.
 //
-// The buffer takes kGatherPackedBytes for the gather and kDotsPackedBytes
-// for the row dot products. A larger group loads and stores each output
-// block fewer times, but leaves less of L2 to the output block. Against
-// 256 KiB, 512 KiB ran the bfloat16 gather 1.2x faster at 4096 tokens and
-// 1.4x at 32768, and the backward row dot products about 1.1x faster. With
-// float32 tables it ran the gather 1.2x slower at 8192 and 32768 tokens.
-// The group size changes no result: every output element adds the tables
-// in the same order whatever the grouping.
-template <typename TableT>
-constexpr int64_t kGatherPackedBytes =
-    sizeof(TableT) == sizeof(float) ? 256 * 1024 : 512 * 1024;
+// The gather's buffer takes half of L2 (GatherPackedBytes); the rest holds
+// the tile's output blocks, 1 MiB for 4096 tokens, also kept contiguous. A
+// larger group loads and stores each output block fewer times. On a 2-core
+// Xeon with 2 MiB of L2, groups of 1 MiB ran the 4096-token float32 gather
+// in 13 to 15 ms. There 256 KiB took 25 ms, 512 KiB 19 ms and 2 MiB 16 ms,
+// and at 32768 tokens 1 MiB was 1.4x faster than 256 KiB. With bfloat16
+// tables 1 MiB took 9.5 to 10 ms, 512 KiB 11 ms. The row dot products pack kDotsPackedBytes. The group size changes
+// no result: every output element adds the tables in the same order
+// whatever the grouping.
+int64_t GatherPackedBytes() {
+  return std::clamp<int64_t>(L2CacheBytes() / 2, 128 * 1024, 4 << 20);
+}
 constexpr int64_t kDotsPackedBytes = 512 * 1024;
 constexpr int64_t kPackedTokenTile = 4096;
 constexpr int64_t kPackedMinTokens = 2048;
@@ -239,21 +240,23 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const uint16_t* p) {
 }
 
 // One full column block of tokens [begin, end) and tables [group,
-// group_end): the block of each token is loaded into 8 registers (zeros for
-// the first group), gets the weighted rows of the group added, and is
-// stored back. row_at(t, code) returns the first element of that row's
-// block, in the tables or in a packed copy of the group's blocks.
+// group_end). The block of token begin + i is read from in + i * in_stride
+// into 8 registers (zeros where `in` is null), gets the weighted rows of the
+// group added, and is stored to out + i * out_stride. row_at(t, code)
+// returns the first element of that row's block, in the tables or in a
+// packed copy of the group's blocks.
 template <typename TableT, typename RowAt>
 __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
     int64_t group, int64_t group_end, int64_t begin, int64_t end,
-    int64_t column, float* y, RowAt row_at) {
+    const float* in, int64_t in_stride, float* out, int64_t out_stride,
+    RowAt row_at) {
   for (int64_t n = begin; n < end; ++n) {
-    float* y_block = y + n * s.width + column;
     __m256 acc[8];
     for (int k = 0; k < 8; ++k) {
-      acc[k] = group == 0 ? _mm256_setzero_ps()
-                          : _mm256_loadu_ps(y_block + 8 * k);
+      acc[k] = in == nullptr
+                   ? _mm256_setzero_ps()
+                   : _mm256_loadu_ps(in + (n - begin) * in_stride + 8 * k);
     }
     const int32_t* codes_n = codes + n * s.tables;
     const float* weights_n = weights + n * s.tables;
@@ -281,7 +284,8 @@ __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
         acc[k] = _mm256_fmadd_ps(w, Load8(row + 8 * k), acc[k]);
       }
     }
-    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(y_block + 8 * k, acc[k]);
+    float* out_n = out + (n - begin) * out_stride;
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out_n + 8 * k, acc[k]);
   }
 }
 
@@ -296,8 +300,10 @@ __attribute__((target("avx2,fma"))) void GatherBlockAvx2(
   };
   for (int64_t group = 0; group < s.tables; group += kTableGroup) {
     const int64_t group_end = std::min(group + kTableGroup, s.tables);
+    float* y_block = y + begin * s.width + column;
     GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin, end,
-                            column, y, table_row);
+                            group == 0 ? nullptr : y_block, s.width, y_block,
+                            s.width, table_row);
   }
 }
 
@@ -482,10 +488,9 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
   const bool avx2 = simd::Avx2Active();
 #ifdef LOOKUPFFN_HAVE_X86
   const int64_t slice_bytes = s.table_rows * kColumnBlock * sizeof(TableT);
-  if (avx2 && s.tokens >= kPackedMinTokens &&
-      slice_bytes <= kGatherPackedBytes<TableT>) {
-    const int64_t group_size =
-        std::min(kGatherPackedBytes<TableT> / slice_bytes, s.tables);
+  const int64_t packed_bytes = GatherPackedBytes();
+  if (avx2 && s.tokens >= kPackedMinTokens && slice_bytes <= packed_bytes) {
+    const int64_t group_size = std::min(packed_bytes / slice_bytes, s.tables);
     const int64_t tiles = std::max(
         (s.tokens + kPackedTokenTile - 1) / kPackedTokenTile,
         (kPackedMinTasks + column_blocks - 1) / column_blocks);
@@ -501,7 +506,14 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                            columns, y);
         return;
       }
-      std::vector<TableT> packed(group_size * s.table_rows * kColumnBlock);
+      // The packed slices and the tile's output blocks, kept contiguous:
+      // the blocks of consecutive tokens in y are s.width floats apart and
+      // would fall into a fraction of the cache sets. The first group
+      // starts from zeros and the last one writes y.
+      thread_local std::vector<TableT> packed;
+      thread_local std::vector<float> partial;
+      packed.resize(group_size * s.table_rows * kColumnBlock);
+      if (group_size < s.tables) partial.resize((end - begin) * kColumnBlock);
       for (int64_t group = 0; group < s.tables; group += group_size) {
         const int64_t group_end = std::min(group + group_size, s.tables);
         PackColumnBlock(s, tables, group, group_end, column, packed.data());
@@ -509,8 +521,12 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
           return packed.data() +
                  ((t - group) * s.table_rows + code) * kColumnBlock;
         };
-        GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin,
-                                end, column, y, packed_row);
+        const bool last = group_end == s.tables;
+        GatherGroupAvx2<TableT>(
+            s, codes, weights, group, group_end, begin, end,
+            group == 0 ? nullptr : partial.data(), kColumnBlock,
+            last ? y + begin * s.width + column : partial.data(),
+            last ? s.width : kColumnBlock, packed_row);
       }
     });
     return;

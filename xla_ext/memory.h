@@ -11,6 +11,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace lookupffn {
@@ -41,6 +42,16 @@ inline void AdviseHugePages(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// Returns the bytes of one core's L2 cache as the C library reports it, or
+// `fallback` where it reports none.
+inline int64_t L2CacheBytes(int64_t fallback = int64_t{1} << 20) {
+#if defined(__linux__) && defined(_SC_LEVEL2_CACHE_SIZE)
+  static const int64_t bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (bytes > 0) return bytes;
+#endif
+  return fallback;
 }
 
 }  // namespace lookupffn
