@@ -157,6 +157,58 @@ def test_transform_scalar_and_avx2_kernels_agree(tokens):
   _assert_close(_ffi_value_and_grads(x, kernel, du), scalar)
 
 
+requires_avx512 = pytest.mark.skipif(
+    ext is None or not ext.avx512_supported(), reason="no AVX-512"
+)
+
+
+def _avx2_and_avx512(fn, inputs):
+  """Returns `fn(*inputs)` with the kernels capped at AVX2, then at AVX-512."""
+  results = []
+  try:
+    for isa in ("avx2", "avx512"):
+      ext.set_max_isa(isa)
+      assert ext.active_isa() == isa
+      results.append(jax.device_get(fn(*inputs)))
+  finally:
+    ext.set_max_isa("avx512")
+  return results
+
+
+@requires_avx512
+@pytest.mark.parametrize(
+    "tokens, kernel_shape",
+    [
+        # Rows left over after groups of six: 1 to 5, none, and a fold of
+        # the Hadamard stages from 256 tokens on.
+        (1, (2, 4, 8, 64, 64)),
+        (2, (1, 4, 4, 64, 64)),
+        (11, (2, 4, 8, 64, 64)),
+        (15, (1, 4, 2, 128, 128)),
+        (12, (1, 4, 8, 32, 32)),
+        (300, (1, 4, 4, 64, 64)),
+        # Blocks of 16 take one vector of 16 per strip, blocks of 8 the
+        # AVX2 kernels.
+        (7, (1, 4, 8, 16, 16)),
+        (9, (1, 4, 4, 8, 8)),
+    ],
+)
+def test_transform_avx512_and_avx2_kernels_bitwise_equal(tokens, kernel_shape):
+  # The block products run the same FMA chains with 16 or 8 lanes.
+  width = kernel_shape[2] * kernel_shape[3]
+  inputs = _transform_inputs(6, tokens, width, kernel_shape)
+  avx2, avx512 = _avx2_and_avx512(_ffi_value_and_grads, inputs)
+  for name, a, b in zip(("u", "dx", "dkernel"), avx2, avx512):
+    np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_set_max_isa_rejects_unknown_name():
+  if ext is None:
+    pytest.skip("extension not loaded")
+  with pytest.raises(ValueError, match="isa must be 'avx512', 'avx2' or 'scalar', got 'sse'"):
+    ext.set_max_isa("sse")
+
+
 @requires_ffi
 def test_transform_rows_independent_of_batch():
   # Row 0 alone and inside a tile of 100 rows goes through the same
@@ -549,6 +601,18 @@ def test_hash_codes_same_for_thread_counts(case):
       )
   )
   _assert_same_for_thread_counts(hash_codes, (x, kernel, bias))
+
+
+@requires_avx512
+@pytest.mark.parametrize("tokens", [1, 8, 100, 300])
+def test_hash_codes_avx512_and_avx2_kernels_bitwise_equal(tokens):
+  x, kernel, bias, _ = _projection_inputs(30, tokens, 512, (2, 4, 8, 64, 64), 1024)
+  hash_codes = jax.jit(
+      functools.partial(bh4.bh4_hash_codes, mix=0.7, num_tables=128, implementation="ffi")
+  )
+  avx2, avx512 = _avx2_and_avx512(hash_codes, (x, kernel, bias))
+  np.testing.assert_array_equal(avx2[0], avx512[0])
+  np.testing.assert_array_equal(avx2[1], avx512[1])
 
 
 @requires_ffi

@@ -406,7 +406,6 @@ void RowDotsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                   const int32_t* codes, int64_t candidates,
                   const TableT* tables, const float* dy, float* dots) {
   if (s.tokens == 0 || s.tables == 0) return;
-  const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
   const bool avx2 = simd::Avx2Active();
   // With many tokens the table groups are packed as in the gather. A task
   // owns the dots of one (table group, token tile) and adds the column

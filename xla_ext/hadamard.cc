@@ -3,6 +3,7 @@
 
 #include "hadamard.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -291,6 +292,154 @@ __attribute__((target("avx2,fma"))) void AddTransposedProductAvx2(
   }
 }
 
+// C[MR, 16 NV] = A[MR, k] B[k, 16 NV] for MR <= 6 and NV <= 4, or C += A B
+// when Accumulate, with the arguments of MicroKernelAvx2. Each C entry is
+// one FMA chain over p in increasing order, as there, so both kernels give
+// bitwise the same C.
+template <int MR, int NV, bool Accumulate = false>
+__attribute__((target("avx512f,avx2,fma"))) inline void MicroKernelAvx512(
+    int64_t k, const float* a, int64_t a_stride, int64_t a_step,
+    const float* b, int64_t b_stride, float* c, int64_t c_stride) {
+  static_assert(1 <= MR && MR <= 6 && 1 <= NV && NV <= 4);
+  const __m512 zero = _mm512_setzero_ps();
+#define LOOKUPFFN_DECLARE(i) \
+  __m512 c##i##0 = zero, c##i##1 = zero, c##i##2 = zero, c##i##3 = zero;
+  LOOKUPFFN_DECLARE(0)
+  LOOKUPFFN_DECLARE(1)
+  LOOKUPFFN_DECLARE(2)
+  LOOKUPFFN_DECLARE(3)
+  LOOKUPFFN_DECLARE(4)
+  LOOKUPFFN_DECLARE(5)
+#undef LOOKUPFFN_DECLARE
+#define LOOKUPFFN_LOAD(i, j)                                         \
+  if constexpr (Accumulate && MR > i && NV > j) {                    \
+    c##i##j = _mm512_loadu_ps(c + i * c_stride + 16 * j);            \
+  }
+#define LOOKUPFFN_LOAD_ROW(i) \
+  LOOKUPFFN_LOAD(i, 0) LOOKUPFFN_LOAD(i, 1) LOOKUPFFN_LOAD(i, 2) LOOKUPFFN_LOAD(i, 3)
+  LOOKUPFFN_LOAD_ROW(0)
+  LOOKUPFFN_LOAD_ROW(1)
+  LOOKUPFFN_LOAD_ROW(2)
+  LOOKUPFFN_LOAD_ROW(3)
+  LOOKUPFFN_LOAD_ROW(4)
+  LOOKUPFFN_LOAD_ROW(5)
+#undef LOOKUPFFN_LOAD_ROW
+#undef LOOKUPFFN_LOAD
+  for (int64_t p = 0; p < k; ++p) {
+    const float* a_p = a + p * a_step;
+    const float* b_p = b + p * b_stride;
+    const __m512 b0 = _mm512_loadu_ps(b_p);
+    const __m512 b1 = NV > 1 ? _mm512_loadu_ps(b_p + 16) : zero;
+    const __m512 b2 = NV > 2 ? _mm512_loadu_ps(b_p + 32) : zero;
+    const __m512 b3 = NV > 3 ? _mm512_loadu_ps(b_p + 48) : zero;
+#define LOOKUPFFN_ROW(i)                                               \
+  if constexpr (MR > i) {                                              \
+    const __m512 a_i = _mm512_set1_ps(a_p[i * a_stride]);              \
+    c##i##0 = _mm512_fmadd_ps(a_i, b0, c##i##0);                       \
+    if constexpr (NV > 1) c##i##1 = _mm512_fmadd_ps(a_i, b1, c##i##1); \
+    if constexpr (NV > 2) c##i##2 = _mm512_fmadd_ps(a_i, b2, c##i##2); \
+    if constexpr (NV > 3) c##i##3 = _mm512_fmadd_ps(a_i, b3, c##i##3); \
+  }
+    LOOKUPFFN_ROW(0)
+    LOOKUPFFN_ROW(1)
+    LOOKUPFFN_ROW(2)
+    LOOKUPFFN_ROW(3)
+    LOOKUPFFN_ROW(4)
+    LOOKUPFFN_ROW(5)
+#undef LOOKUPFFN_ROW
+  }
+#define LOOKUPFFN_STORE(i, j)                                        \
+  if constexpr (MR > i && NV > j) {                                  \
+    _mm512_storeu_ps(c + i * c_stride + 16 * j, c##i##j);            \
+  }
+#define LOOKUPFFN_STORE_ROW(i) \
+  LOOKUPFFN_STORE(i, 0) LOOKUPFFN_STORE(i, 1) LOOKUPFFN_STORE(i, 2) LOOKUPFFN_STORE(i, 3)
+  LOOKUPFFN_STORE_ROW(0)
+  LOOKUPFFN_STORE_ROW(1)
+  LOOKUPFFN_STORE_ROW(2)
+  LOOKUPFFN_STORE_ROW(3)
+  LOOKUPFFN_STORE_ROW(4)
+  LOOKUPFFN_STORE_ROW(5)
+#undef LOOKUPFFN_STORE_ROW
+#undef LOOKUPFFN_STORE
+}
+
+// MicroKernelAvx512<MR, NV> for 1 <= mr <= 6 and 1 <= nv <= 4 known at run
+// time.
+template <bool Accumulate = false>
+__attribute__((target("avx512f,avx2,fma"))) void MicroKernelAvx512Any(
+    int mr, int nv, int64_t k, const float* a, int64_t a_stride,
+    int64_t a_step, const float* b, int64_t b_stride, float* c,
+    int64_t c_stride) {
+#define LOOKUPFFN_CASE(MR, NV)                                               \
+  case 4 * (MR - 1) + NV - 1:                                                \
+    return MicroKernelAvx512<MR, NV, Accumulate>(k, a, a_stride, a_step, b, \
+                                                 b_stride, c, c_stride);
+#define LOOKUPFFN_CASES(MR) \
+  LOOKUPFFN_CASE(MR, 1) LOOKUPFFN_CASE(MR, 2) LOOKUPFFN_CASE(MR, 3) LOOKUPFFN_CASE(MR, 4)
+  switch (4 * (mr - 1) + nv - 1) {
+    LOOKUPFFN_CASES(1)
+    LOOKUPFFN_CASES(2)
+    LOOKUPFFN_CASES(3)
+    LOOKUPFFN_CASES(4)
+    LOOKUPFFN_CASES(5)
+    LOOKUPFFN_CASES(6)
+    default: break;
+  }
+#undef LOOKUPFFN_CASES
+#undef LOOKUPFFN_CASE
+}
+
+// Needs block_size to be a multiple of 16. Rows go through the 6 x 64
+// kernel in groups of six, one strip of up to 64 columns at a time, and the
+// rows left over through one kernel of that many rows: 24 accumulators of
+// the 32 registers for six rows, and for one row still 4 chains of 16
+// lanes, as many lanes in flight as the AVX2 one-row kernel's 8 chains.
+__attribute__((target("avx512f,avx2,fma"))) void BlockDiagonalMultiplyAvx512(
+    int64_t rows, int64_t num_blocks, int64_t block_size, const float* in,
+    int64_t in_stride, const float* blocks, float* out, int64_t out_stride) {
+  const int64_t b = block_size;
+  for (int64_t n = 0; n < num_blocks; ++n) {
+    const float* x = in + n * b;
+    const float* w = blocks + n * b * b;
+    float* y = out + n * b;
+    for (int64_t o = 0; o < b; o += 64) {
+      const int nv = static_cast<int>(std::min<int64_t>(4, (b - o) / 16));
+      int64_t m = 0;
+      for (; m + kMicroRows <= rows; m += kMicroRows) {
+        const float* a = x + m * in_stride;
+        float* c = y + m * out_stride + o;
+        if (nv == 4) {
+          MicroKernelAvx512<kMicroRows, 4>(b, a, in_stride, 1, w + o, b, c,
+                                           out_stride);
+        } else {
+          MicroKernelAvx512Any(kMicroRows, nv, b, a, in_stride, 1, w + o, b,
+                               c, out_stride);
+        }
+      }
+      if (m < rows) {
+        MicroKernelAvx512Any(static_cast<int>(rows - m), nv, b,
+                             x + m * in_stride, in_stride, 1, w + o, b,
+                             y + m * out_stride + o, out_stride);
+      }
+    }
+  }
+}
+
+// Needs n to be a multiple of 16. C is cut into 6 x 64 tiles (narrower in
+// the last strip), each accumulated in registers over all k rows of A and B.
+__attribute__((target("avx512f,avx2,fma"))) void AddTransposedProductAvx512(
+    int64_t n, int64_t k, const float* a, const float* b, float* c) {
+  for (int64_t o = 0; o < n; o += 64) {
+    const int nv = static_cast<int>(std::min<int64_t>(4, (n - o) / 16));
+    for (int64_t i = 0; i < n; i += kMicroRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMicroRows, n - i));
+      MicroKernelAvx512Any<true>(mr, nv, k, a + i, 1, n, b + o, n,
+                                 c + i * n + o, n);
+    }
+  }
+}
+
 // The butterfly stages of one row with entries first_h, 2 first_h, ...
 // apart, first_h a multiple of 8, one pass over the row each.
 __attribute__((target("avx2,fma"))) void ButterflyStagesAvx2(int64_t width,
@@ -448,6 +597,10 @@ void BlockDiagonalMultiply(int64_t rows, int64_t num_blocks, int64_t block_size,
                            const float* blocks, float* out,
                            int64_t out_stride) {
 #ifdef LOOKUPFFN_HAVE_X86
+  if (simd::Avx512Active() && block_size % 16 == 0) {
+    return BlockDiagonalMultiplyAvx512(rows, num_blocks, block_size, in,
+                                       in_stride, blocks, out, out_stride);
+  }
   if (simd::Avx2Active() && block_size % 8 == 0) {
     return BlockDiagonalMultiplyAvx2(rows, num_blocks, block_size, in,
                                      in_stride, blocks, out, out_stride);
@@ -460,6 +613,9 @@ void BlockDiagonalMultiply(int64_t rows, int64_t num_blocks, int64_t block_size,
 void AddTransposedProduct(int64_t n, int64_t k, const float* a,
                           const float* b, float* c) {
 #ifdef LOOKUPFFN_HAVE_X86
+  if (simd::Avx512Active() && n % 16 == 0) {
+    return AddTransposedProductAvx512(n, k, a, b, c);
+  }
   if (simd::Avx2Active() && n % 8 == 0) {
     return AddTransposedProductAvx2(n, k, a, b, c);
   }

@@ -6,6 +6,7 @@
 // that tests and benchmarks change.
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include <cstdint>
 #include <stdexcept>
@@ -70,11 +71,31 @@ NB_MODULE(_lookup_ext, m) {
   m.def("max_threads", []() { return lookupffn::MaxThreads().load(); },
         "Returns the thread cap set by set_max_threads (0: none).");
 
+  m.def(
+      "set_max_isa",
+      [](const std::string& isa) {
+        if (isa == "scalar") {
+          lookupffn::simd::SetMaxIsa(lookupffn::simd::Isa::kScalar);
+        } else if (isa == "avx2") {
+          lookupffn::simd::SetMaxIsa(lookupffn::simd::Isa::kAvx2);
+        } else if (isa == "avx512") {
+          lookupffn::simd::SetMaxIsa(lookupffn::simd::Isa::kAvx512);
+        } else {
+          throw std::invalid_argument(
+              "isa must be 'avx512', 'avx2' or 'scalar', got '" + isa + "'");
+        }
+      },
+      nb::arg("isa"),
+      "Caps the instruction set of the kernels at 'avx512' (the default: the "
+      "best this CPU supports), 'avx2' or 'scalar'.");
   m.def("force_scalar", &lookupffn::simd::ForceScalar, nb::arg("force"),
         "Makes the kernels use scalar code (True) or the best SIMD code the "
         "CPU supports (False).");
   m.def("active_isa", &lookupffn::simd::ActiveIsa,
-        "Returns the instruction set the kernels use now: 'avx2' or 'scalar'.");
+        "Returns the instruction set the kernels use now: 'avx512', 'avx2' or "
+        "'scalar'.");
   m.def("avx2_supported", &lookupffn::simd::Avx2Supported,
         "Returns whether this CPU supports the AVX2/FMA kernels.");
+  m.def("avx512_supported", &lookupffn::simd::Avx512Supported,
+        "Returns whether this CPU supports the AVX-512 kernels.");
 }

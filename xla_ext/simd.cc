@@ -263,17 +263,30 @@ bool DetectAvx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+bool DetectAvx512() {
+  __builtin_cpu_init();
+  return DetectAvx2() && __builtin_cpu_supports("avx512f");
+}
+
 #else
 
 bool DetectAvx2() { return false; }
+bool DetectAvx512() { return false; }
 
 #endif  // LOOKUPFFN_HAVE_X86
 
 const bool kAvx2Supported = DetectAvx2();
-std::atomic<bool> force_scalar{false};
+const bool kAvx512Supported = DetectAvx512();
+std::atomic<Isa> max_isa{Isa::kAvx512};
 
 bool UseAvx2() {
-  return kAvx2Supported && !force_scalar.load(std::memory_order_relaxed);
+  return kAvx2Supported &&
+         max_isa.load(std::memory_order_relaxed) >= Isa::kAvx2;
+}
+
+bool UseAvx512() {
+  return kAvx512Supported &&
+         max_isa.load(std::memory_order_relaxed) >= Isa::kAvx512;
 }
 
 }  // namespace
@@ -323,10 +336,21 @@ int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,
 
 bool Avx2Active() { return UseAvx2(); }
 
-const char* ActiveIsa() { return UseAvx2() ? "avx2" : "scalar"; }
+bool Avx512Active() { return UseAvx512(); }
+
+const char* ActiveIsa() {
+  if (UseAvx512()) return "avx512";
+  return UseAvx2() ? "avx2" : "scalar";
+}
 
 bool Avx2Supported() { return kAvx2Supported; }
 
-void ForceScalar(bool force) { force_scalar.store(force); }
+bool Avx512Supported() { return kAvx512Supported; }
+
+void SetMaxIsa(Isa isa) { max_isa.store(isa); }
+
+void ForceScalar(bool force) {
+  SetMaxIsa(force ? Isa::kScalar : Isa::kAvx512);
+}
 
 }  // namespace lookupffn::simd

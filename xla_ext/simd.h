@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //
 // Row kernels over float32 vectors, with an AVX2/FMA version chosen at run
-// time where the CPU supports it and a portable scalar version otherwise.
+// time where the CPU supports it and a portable scalar version otherwise,
+// and the choice of instruction set for every kernel.
 // Entry points take plain pointers and a length; any length is valid.
 
 #ifndef LOOKUPFFN_XLA_EXT_SIMD_H_
@@ -43,18 +44,34 @@ void ExpNegTwiceAbs(int64_t n, const float* z, float* out);
 int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,
                            int32_t* codes, float* scores);
 
-// Returns the instruction set the kernels use now: "avx2" or "scalar".
+// Instruction sets of the kernels, in increasing order. Kernels with an
+// AVX-512 version use it where the CPU supports AVX512F; the others use their
+// AVX2 version there.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Returns the instruction set the kernels use now: "avx512", "avx2" or
+// "scalar".
 const char* ActiveIsa();
 
 // Returns whether this CPU supports the AVX2/FMA kernels.
 bool Avx2Supported();
 
-// Returns whether the AVX2/FMA kernels are in use now: supported and not
-// turned off by ForceScalar.
+// Returns whether this CPU supports the AVX-512 kernels (AVX512F, AVX2, FMA).
+bool Avx512Supported();
+
+// Returns whether the AVX2/FMA kernels are in use now: supported and allowed
+// by SetMaxIsa.
 bool Avx2Active();
 
-// Selects the kernels: true forces the scalar version, false restores the
-// best one this CPU supports. Meant for tests and benchmarks.
+// Returns whether the AVX-512 kernels are in use now.
+bool Avx512Active();
+
+// Caps the instruction set of the kernels at `isa`; kAvx512, the default,
+// lets them use the best one this CPU supports. Meant for tests and
+// benchmarks.
+void SetMaxIsa(Isa isa);
+
+// SetMaxIsa(kScalar) for true, SetMaxIsa(kAvx512) for false.
 void ForceScalar(bool force);
 
 }  // namespace lookupffn::simd
