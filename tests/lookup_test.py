@@ -321,6 +321,26 @@ def test_packed_gather_any_thread_count():
       np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@pytest.mark.skipif(
+    ext is None or not ext.avx512_supported(), reason="no AVX-512"
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("tokens", [3, 2100], ids=["tiled", "packed"])
+def test_gather_avx512_and_avx2_kernels_bitwise_equal(dtype, tokens):
+  codes, weights, tables = _packed_gather_inputs(dtype)
+  gather = jax.jit(
+      functools.partial(lookupffn_jax.weighted_gather, implementation="ffi")
+  )
+  results = []
+  try:
+    for isa in ("avx2", "avx512"):
+      ext.set_max_isa(isa)
+      results.append(np.asarray(gather(codes[:tokens], weights[:tokens], tables)))
+  finally:
+    ext.set_max_isa("avx512")
+  np.testing.assert_array_equal(results[0], results[1])
+
+
 @requires_ffi
 def test_packed_gather_equals_tiled_gather():
   # The first 1000 tokens alone go through the unpacked kernels. The sums run
