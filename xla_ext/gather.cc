@@ -101,13 +101,30 @@ const TableT* RowPointer(const GatherShape& s, const TableT* tables,
   return tables + (table * s.table_rows + code) * s.width;
 }
 
+// Packing prefetches the slice of the row this many rows later, past the
+// end of a table into the next one of the group. The slices are D floats
+// apart, too far for the hardware prefetcher to follow. On the 2-core Xeon,
+// 8 rows ran the 4096-token float32 gather 1.15x faster (14.2 ms to 12.3 ms
+// in one process), 4 and 16 about as fast as 8; at 32768 tokens and with
+// bfloat16 tables it changed nothing measurable.
+constexpr int64_t kPackPrefetchRows = 8;
+
 // Copies the column block at `column` of tables [group, group_end) into
 // `packed`, [group_end - group, S, kColumnBlock].
 template <typename TableT>
 void PackColumnBlock(const GatherShape& s, const TableT* tables, int64_t group,
                      int64_t group_end, int64_t column, TableT* packed) {
+  const int64_t rows_end = group_end * s.table_rows;
   for (int64_t t = group; t < group_end; ++t) {
     for (int64_t r = 0; r < s.table_rows; ++r) {
+      const int64_t ahead = t * s.table_rows + r + kPackPrefetchRows;
+      if (ahead < rows_end) {
+        const char* next =
+            reinterpret_cast<const char*>(tables + ahead * s.width + column);
+        for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
+          __builtin_prefetch(next + 64 * line);
+        }
+      }
       std::memcpy(packed + ((t - group) * s.table_rows + r) * kColumnBlock,
                   RowPointer(s, tables, t, r) + column,
                   kColumnBlock * sizeof(TableT));
