@@ -111,9 +111,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
       " XLA's estimate (default: 8)",
   )
   parser.add_argument(
-      "--force-scalar", action="store_true",
-      help="run the FFI kernels with scalar code instead of the best SIMD code"
-      " the CPU supports",
+      "--max-isa", choices=("avx512", "avx2", "scalar"), default="avx512",
+      help="cap the instruction set of the FFI kernels; avx512, the default,"
+      " runs the best one the CPU supports",
   )
   parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
 
@@ -160,10 +160,10 @@ def settings_from_args(args: argparse.Namespace) -> settings_lib.Settings:
   )
 
 
-def _configure_kernels(threads: int, force_scalar: bool) -> None:
+def _configure_kernels(threads: int, max_isa: str) -> None:
   extension = _extension.require()
   extension.set_max_threads(threads)
-  extension.force_scalar(force_scalar)
+  extension.set_max_isa(max_isa)
 
 
 def _render(header: str, command: str, tables: list[report.Table],
@@ -208,7 +208,7 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
       raise SystemExit(f"python -m benchmarks.run: error: {e}") from None
   settings = settings_from_args(args)
-  _configure_kernels(settings.threads, args.force_scalar)
+  _configure_kernels(settings.threads, args.max_isa)
 
   command = shlex.join(["python", "-m", "benchmarks.run", *argv])
   facts = machine.describe(settings.threads)
@@ -237,7 +237,7 @@ def main(argv: list[str]) -> None:
       update_doc(args.update_doc, rendered)
     if args.json:
       run_settings = dataclasses.asdict(settings)
-      run_settings.update(command=command, force_scalar=args.force_scalar,
+      run_settings.update(command=command, max_isa=args.max_isa,
                           section_seconds=section_seconds)
       report.write_json(args.json, facts, run_settings, tables)
 

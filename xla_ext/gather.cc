@@ -40,7 +40,7 @@ namespace {
 
 namespace ffi = xla::ffi;
 
-// Floats per column block: 8 AVX2 registers of accumulators.
+// Floats per column block: 8 AVX2 or 4 AVX-512 registers of accumulators.
 constexpr int64_t kColumnBlock = 64;
 constexpr int64_t kTableGroup = 32;
 constexpr int64_t kTokenTile = 256;

@@ -3,7 +3,9 @@
 //
 // Row kernels of the BH4 projection on raw float32 pointers: the
 // block-diagonal matrix product and the fast Walsh-Hadamard transform. Both
-// have an AVX2/FMA version, used when simd::Avx2Active(), and a scalar one.
+// have an AVX2/FMA version, used when simd::Avx2Active(), and a scalar one;
+// the block products also have an AVX-512 version, used when
+// simd::Avx512Active(), with the same FMA chains as the AVX2 one.
 // Every output row depends only on its own input row, through operations in
 // a fixed order, so a row's result does not depend on how many rows are
 // processed together.
