@@ -18,6 +18,7 @@ import lookupffn_jax
 from lookupffn_jax import _extension
 from lookupffn_jax import reference
 from lookupffn_jax.lookup import _ffi_lookup_fwd_call
+from lookupffn_jax.lookup import weighted_gather_of_hash
 
 ESTIMATORS = ("score", "straight_through")
 
@@ -339,6 +340,36 @@ def test_gather_avx512_and_avx2_kernels_bitwise_equal(dtype, tokens):
   finally:
     ext.set_max_isa("avx512")
   np.testing.assert_array_equal(results[0], results[1])
+
+
+@requires_ffi
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("tokens", [0, 3, 2100], ids=["empty", "tiled", "packed"])
+def test_gather_with_bias_adds_bias_to_each_row(isa, dtype, tokens):
+  # The kernel adds the bias as it stores each row's sum: full column blocks
+  # in the SIMD kernels, the partial last one (D = 80) in the generic loop.
+  # A cap above what the CPU supports runs its best kernels.
+  codes, weights, tables = _packed_gather_inputs(dtype)
+  codes, weights = codes[:tokens], weights[:tokens]
+  bias = jax.random.normal(jax.random.key(8), (tables.shape[-1],), jnp.float32)
+  try:
+    ext.set_max_isa(isa)
+    with_bias = weighted_gather_of_hash(codes, weights, tables, "ffi", bias)
+    without = weighted_gather_of_hash(codes, weights, tables, "ffi")
+  finally:
+    ext.set_max_isa("avx512")
+  np.testing.assert_array_equal(with_bias, without + bias)
+
+
+@requires_ffi
+def test_gather_with_bias_and_no_tables_returns_bias():
+  codes = jnp.zeros((4, 0), jnp.int32)
+  weights = jnp.zeros((4, 0), jnp.float32)
+  tables = jnp.zeros((0, 256, 24), jnp.float32)
+  bias = jnp.arange(24, dtype=jnp.float32) - 5.0
+  y = weighted_gather_of_hash(codes, weights, tables, "ffi", bias)
+  np.testing.assert_array_equal(y, jnp.broadcast_to(bias, (4, 24)))
 
 
 @requires_ffi

@@ -140,12 +140,13 @@ void AxpyRow(int64_t n, float a, const uint16_t* x, float* y) {
 }
 
 // Gathers columns [column, column + columns) of tokens [begin, end) one row
-// at a time. Used for the last, partial column block and on CPUs without AVX2.
+// at a time, then adds bias[column, column + columns) unless bias is null.
+// Used for the last, partial column block and on CPUs without AVX2.
 template <typename TableT>
 void GatherBlockGeneric(const GatherShape& s, const int32_t* codes,
                         const float* weights, const TableT* tables,
-                        int64_t begin, int64_t end, int64_t column,
-                        int64_t columns, float* y) {
+                        const float* bias, int64_t begin, int64_t end,
+                        int64_t column, int64_t columns, float* y) {
   for (int64_t n = begin; n < end; ++n) {
     float* y_block = y + n * s.width + column;
     std::memset(y_block, 0, sizeof(float) * columns);
@@ -153,6 +154,9 @@ void GatherBlockGeneric(const GatherShape& s, const int32_t* codes,
       const int64_t i = n * s.tables + t;
       AxpyRow(columns, weights[i], RowPointer(s, tables, t, codes[i]) + column,
               y_block);
+    }
+    if (bias != nullptr) {
+      for (int64_t i = 0; i < columns; ++i) y_block[i] += bias[column + i];
     }
   }
 }
@@ -259,15 +263,16 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const uint16_t* p) {
 // One full column block of tokens [begin, end) and tables [group,
 // group_end). The block of token begin + i is read from in + i * in_stride
 // into 8 registers (zeros where `in` is null), gets the weighted rows of the
-// group added, and is stored to out + i * out_stride. row_at(t, code)
-// returns the first element of that row's block, in the tables or in a
-// packed copy of the group's blocks.
+// group added, then the 64 floats at `bias` unless it is null, and is
+// stored to out + i * out_stride. row_at(t, code) returns the first element
+// of that row's block, in the tables or in a packed copy of the group's
+// blocks.
 template <typename TableT, typename RowAt>
 __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
     int64_t group, int64_t group_end, int64_t begin, int64_t end,
     const float* in, int64_t in_stride, float* out, int64_t out_stride,
-    RowAt row_at) {
+    const float* bias, RowAt row_at) {
   for (int64_t n = begin; n < end; ++n) {
     __m256 acc[8];
     for (int k = 0; k < 8; ++k) {
@@ -302,6 +307,11 @@ __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
       }
     }
     float* out_n = out + (n - begin) * out_stride;
+    if (bias != nullptr) {
+      for (int k = 0; k < 8; ++k) {
+        acc[k] = _mm256_add_ps(acc[k], _mm256_loadu_ps(bias + 8 * k));
+      }
+    }
     for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out_n + 8 * k, acc[k]);
   }
 }
@@ -324,7 +334,7 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
     const GatherShape& s, const int32_t* codes, const float* weights,
     int64_t group, int64_t group_end, int64_t begin, int64_t end,
     const float* in, int64_t in_stride, float* out, int64_t out_stride,
-    RowAt row_at) {
+    const float* bias, RowAt row_at) {
   for (int64_t n = begin; n < end; ++n) {
     __m512 acc[4];
     for (int k = 0; k < 4; ++k) {
@@ -356,6 +366,11 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
       }
     }
     float* out_n = out + (n - begin) * out_stride;
+    if (bias != nullptr) {
+      for (int k = 0; k < 4; ++k) {
+        acc[k] = _mm512_add_ps(acc[k], _mm512_loadu_ps(bias + 16 * k));
+      }
+    }
     for (int k = 0; k < 4; ++k) _mm512_storeu_ps(out_n + 16 * k, acc[k]);
   }
 }
@@ -366,22 +381,23 @@ void GatherGroup(const GatherShape& s, const int32_t* codes,
                  const float* weights, int64_t group, int64_t group_end,
                  int64_t begin, int64_t end, const float* in,
                  int64_t in_stride, float* out, int64_t out_stride,
-                 RowAt row_at) {
+                 const float* bias, RowAt row_at) {
   if (simd::Avx512Active()) {
     return GatherGroupAvx512<TableT>(s, codes, weights, group, group_end,
                                      begin, end, in, in_stride, out,
-                                     out_stride, row_at);
+                                     out_stride, bias, row_at);
   }
   GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin, end, in,
-                          in_stride, out, out_stride, row_at);
+                          in_stride, out, out_stride, bias, row_at);
 }
 
-// GatherGroupAvx2 over every table group, reading the tables in place.
+// GatherGroup over every table group, reading the tables in place; the last
+// group adds the bias block at `bias` unless it is null.
 template <typename TableT>
 __attribute__((target("avx2,fma"))) void GatherBlockAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
-    const TableT* tables, int64_t begin, int64_t end, int64_t column,
-    float* y) {
+    const TableT* tables, const float* bias, int64_t begin, int64_t end,
+    int64_t column, float* y) {
   auto table_row = [&](int64_t t, int32_t code) {
     return RowPointer(s, tables, t, code) + column;
   };
@@ -390,7 +406,8 @@ __attribute__((target("avx2,fma"))) void GatherBlockAvx2(
     float* y_block = y + begin * s.width + column;
     GatherGroup<TableT>(s, codes, weights, group, group_end, begin, end,
                         group == 0 ? nullptr : y_block, s.width, y_block,
-                        s.width, table_row);
+                        s.width, group_end == s.tables ? bias : nullptr,
+                        table_row);
   }
 }
 
@@ -564,10 +581,15 @@ void RowDotsTyped(ffi::ThreadPool& pool, const GatherShape& s,
 template <typename TableT>
 void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                      const int32_t* codes, const float* weights,
-                     const TableT* tables, float* y) {
+                     const TableT* tables, const float* bias, float* y) {
   AdviseHugePages(y, sizeof(float) * s.tokens * s.width);
   if (s.tables == 0) {
-    std::memset(y, 0, sizeof(float) * s.tokens * s.width);
+    // The sum of no rows is zero; 0.f + bias as in every other case.
+    for (int64_t n = 0; n < s.tokens; ++n) {
+      for (int64_t i = 0; i < s.width; ++i) {
+        y[n * s.width + i] = bias != nullptr ? 0.f + bias[i] : 0.f;
+      }
+    }
     return;
   }
   const int64_t column_blocks = (s.width + kColumnBlock - 1) / kColumnBlock;
@@ -588,14 +610,14 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
       const int64_t end = std::min(begin + tile_tokens, s.tokens);
       if (begin >= end) return;
       if (columns < kColumnBlock) {
-        GatherBlockGeneric(s, codes, weights, tables, begin, end, column,
-                           columns, y);
+        GatherBlockGeneric(s, codes, weights, tables, bias, begin, end,
+                           column, columns, y);
         return;
       }
       // The packed slices and the tile's output blocks, kept contiguous:
       // the blocks of consecutive tokens in y are s.width floats apart and
       // would fall into a fraction of the cache sets. The first group
-      // starts from zeros and the last one writes y.
+      // starts from zeros and the last one adds the bias and writes y.
       thread_local std::vector<TableT> packed;
       thread_local std::vector<float> partial;
       packed.resize(group_size * s.table_rows * kColumnBlock);
@@ -612,7 +634,8 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
             s, codes, weights, group, group_end, begin, end,
             group == 0 ? nullptr : partial.data(), kColumnBlock,
             last ? y + begin * s.width + column : partial.data(),
-            last ? s.width : kColumnBlock, packed_row);
+            last ? s.width : kColumnBlock,
+            last && bias != nullptr ? bias + column : nullptr, packed_row);
       }
     });
     return;
@@ -629,12 +652,14 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
     const int64_t end = std::min(begin + kTokenTile, s.tokens);
 #ifdef LOOKUPFFN_HAVE_X86
     if (avx2 && columns == kColumnBlock) {
-      GatherBlockAvx2(s, codes, weights, tables, begin, end, column, y);
+      GatherBlockAvx2(s, codes, weights, tables,
+                      bias != nullptr ? bias + column : nullptr, begin, end,
+                      column, y);
       return;
     }
 #endif
-    GatherBlockGeneric(s, codes, weights, tables, begin, end, column, columns,
-                       y);
+    GatherBlockGeneric(s, codes, weights, tables, bias, begin, end, column,
+                       columns, y);
   });
 }
 
@@ -642,13 +667,13 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
 
 void GatherRows(ffi::ThreadPool& pool, const GatherShape& s,
                 const int32_t* codes, const float* weights, TableView tables,
-                float* y) {
+                float* y, const float* bias) {
   if (tables.bf16) {
     GatherRowsTyped(pool, s, codes, weights,
-                    static_cast<const uint16_t*>(tables.data), y);
+                    static_cast<const uint16_t*>(tables.data), bias, y);
   } else {
     GatherRowsTyped(pool, s, codes, weights,
-                    static_cast<const float*>(tables.data), y);
+                    static_cast<const float*>(tables.data), bias, y);
   }
 }
 

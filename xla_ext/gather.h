@@ -29,10 +29,11 @@ struct TableView {
 };
 
 // y[n] = sum_t weights[n, t] * tables[t, codes[n, t]], accumulated in
-// float32 over t in increasing order. Codes must be in [0, S).
+// float32 over t in increasing order, then plus bias [D] in one addition
+// unless bias is null. Codes must be in [0, S).
 void GatherRows(xla::ffi::ThreadPool& pool, const GatherShape& s,
                 const int32_t* codes, const float* weights, TableView tables,
-                float* y);
+                float* y, const float* bias = nullptr);
 
 // dtables[t, r] = sum of weights[n, t] * dy[n] over the tokens n with
 // codes[n, t] == r, added in increasing n from zero; dtables is [T, S, D]

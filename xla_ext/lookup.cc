@@ -218,7 +218,7 @@ ffi::Error ReadGatherShape(const char* op, Dims codes, Dims tables,
 // Handlers.
 
 // Gathers for weighted_gather, and with `bias` adds it to every output row
-// afterwards, the same single addition as XLA's y + bias.
+// as each row's sum is stored, the same single addition as XLA's y + bias.
 ffi::Error RunWeightedGather(const char* op, ffi::ThreadPool& pool,
                              ffi::Buffer<ffi::S32> codes,
                              ffi::Buffer<ffi::F32> weights,
@@ -257,17 +257,9 @@ ffi::Error RunWeightedGather(const char* op, ffi::ThreadPool& pool,
     }
     float* y_b = y->typed_data() + b * s.tokens * s.width;
     GatherRows(pool, s, c, weights.typed_data() + batch.Offset(1, b),
-               ViewAt(tables, batch.Offset(2, b)), y_b);
-    if (bias == nullptr) continue;
-    const float* bias_b = bias->typed_data() + batch.Offset(3, b);
-    const int64_t chunks = (s.tokens + kTokensPerChunk - 1) / kTokensPerChunk;
-    ParallelFor(pool, chunks, [&](int64_t chunk) {
-      const int64_t end = std::min((chunk + 1) * kTokensPerChunk, s.tokens);
-      for (int64_t n = chunk * kTokensPerChunk; n < end; ++n) {
-        float* y_n = y_b + n * s.width;
-        for (int64_t i = 0; i < s.width; ++i) y_n[i] += bias_b[i];
-      }
-    });
+               ViewAt(tables, batch.Offset(2, b)), y_b,
+               bias != nullptr ? bias->typed_data() + batch.Offset(3, b)
+                               : nullptr);
   }
   return ffi::Error::Success();
 }
