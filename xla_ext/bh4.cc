@@ -25,6 +25,7 @@
 #include "hadamard.h"
 #include "hash.h"
 #include "parallel.h"
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -169,10 +170,8 @@ void MixTile(const Bh4Shape& s, const Mix& mix, int64_t rows, int64_t r,
     int64_t source = first % d;
     while (c < columns) {
       const int64_t run = std::min(columns - c, d - source);
-      for (int64_t i = 0; i < run; ++i) {
-        z_m[c + i] = mix.mix * u_m[c + i] + mix.rest * x_m[source + i] +
-                     bias[c + i];
-      }
+      simd::MixRow(run, mix.mix, u_m + c, mix.rest, x_m + source, bias + c,
+                   z_m + c);
       c += run;
       source = 0;
     }
@@ -227,39 +226,14 @@ struct Norm {
 };
 
 // Writes the normalized rows of x [rows, d] to out [rows, d]. The sums use
-// eight partial sums in a fixed order.
+// eight partial sums in a fixed order (simd::RowMeanAndVariance).
 void NormalizeRows(int64_t rows, int64_t d, const float* x, const Norm& norm,
                    float* out) {
-  constexpr int kLanes = 8;
   for (int64_t m = 0; m < rows; ++m) {
-    const float* x_m = x + m * d;
-    float* out_m = out + m * d;
-    float partial[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= d; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) partial[j] += x_m[i + j];
-    }
-    float sum = 0.f;
-    for (; i < d; ++i) sum += x_m[i];
-    for (int j = 0; j < kLanes; ++j) sum += partial[j];
-    const float mean = sum / static_cast<float>(d);
-
-    float squares[kLanes] = {};
-    i = 0;
-    for (; i + kLanes <= d; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        const float c = x_m[i + j] - mean;
-        squares[j] += c * c;
-      }
-    }
-    float square_sum = 0.f;
-    for (; i < d; ++i) square_sum += (x_m[i] - mean) * (x_m[i] - mean);
-    for (int j = 0; j < kLanes; ++j) square_sum += squares[j];
-    const float inv_std =
-        1.f / std::sqrt(square_sum / static_cast<float>(d) + norm.epsilon);
-    for (i = 0; i < d; ++i) {
-      out_m[i] = (x_m[i] - mean) * (inv_std * norm.scale[i]) + norm.bias[i];
-    }
+    const simd::MeanAndVariance stats = simd::RowMeanAndVariance(d, x + m * d);
+    const float inv_std = 1.f / std::sqrt(stats.variance + norm.epsilon);
+    simd::NormalizeRow(d, x + m * d, stats.mean, inv_std, norm.scale,
+                       norm.bias, out + m * d);
   }
 }
 

@@ -50,6 +50,45 @@ float DotBf16Scalar(int64_t n, const float* x, const uint16_t* y) {
   return (s0 + s1) + (s2 + s3);
 }
 
+void MixRowScalar(int64_t n, float a, const float* u, float b,
+                  const float* x, const float* bias, float* z) {
+  for (int64_t i = 0; i < n; ++i) z[i] = a * u[i] + b * x[i] + bias[i];
+}
+
+// Adds the partial sums after the tail, as RowMeanAndVariance documents.
+float SumPartials(const float* partial, float tail_sum) {
+  for (int j = 0; j < 8; ++j) tail_sum += partial[j];
+  return tail_sum;
+}
+
+MeanAndVariance RowMeanAndVarianceScalar(int64_t n, const float* x) {
+  float partial[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) partial[j] += x[i + j];
+  }
+  float tail = 0.f;
+  for (int64_t k = i; k < n; ++k) tail += x[k];
+  const float mean = SumPartials(partial, tail) / static_cast<float>(n);
+  float squares[8] = {};
+  for (i = 0; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float c = x[i + j] - mean;
+      squares[j] += c * c;
+    }
+  }
+  float square_tail = 0.f;
+  for (int64_t k = i; k < n; ++k) square_tail += (x[k] - mean) * (x[k] - mean);
+  return {mean, SumPartials(squares, square_tail) / static_cast<float>(n)};
+}
+
+void NormalizeRowScalar(int64_t n, const float* x, float mean, float inv_std,
+                        const float* scale, const float* bias, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = (x[i] - mean) * (inv_std * scale[i]) + bias[i];
+  }
+}
+
 void ExpNegTwiceAbsScalar(int64_t n, const float* z, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = std::exp(-2.f * std::fabs(z[i]));
 }
@@ -130,6 +169,57 @@ __attribute__((target("avx2,fma"))) void AxpyAvx2(int64_t n, float a,
     __m256 x0 = _mm256_maskload_ps(x + i, mask);
     _mm256_maskstore_ps(y + i, mask, _mm256_fmadd_ps(va, x0, y0));
   }
+}
+
+__attribute__((target("avx2,fma"))) void MixRowAvx2(
+    int64_t n, float a, const float* u, float b, const float* x,
+    const float* bias, float* z) {
+  const __m256 va = _mm256_set1_ps(a);
+  const __m256 vb = _mm256_set1_ps(b);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 mixed = _mm256_add_ps(_mm256_mul_ps(va, _mm256_loadu_ps(u + i)),
+                                       _mm256_mul_ps(vb, _mm256_loadu_ps(x + i)));
+    _mm256_storeu_ps(z + i, _mm256_add_ps(mixed, _mm256_loadu_ps(bias + i)));
+  }
+  MixRowScalar(n - i, a, u + i, b, x + i, bias + i, z + i);
+}
+
+__attribute__((target("avx2,fma"))) MeanAndVariance RowMeanAndVarianceAvx2(
+    int64_t n, const float* x) {
+  __m256 sum = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(x + i));
+  float partial[8];
+  _mm256_storeu_ps(partial, sum);
+  float tail = 0.f;
+  for (int64_t k = i; k < n; ++k) tail += x[k];
+  const float mean = SumPartials(partial, tail) / static_cast<float>(n);
+  const __m256 vmean = _mm256_set1_ps(mean);
+  __m256 squares = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmean);
+    squares = _mm256_add_ps(squares, _mm256_mul_ps(c, c));
+  }
+  _mm256_storeu_ps(partial, squares);
+  float square_tail = 0.f;
+  for (int64_t k = i; k < n; ++k) square_tail += (x[k] - mean) * (x[k] - mean);
+  return {mean, SumPartials(partial, square_tail) / static_cast<float>(n)};
+}
+
+__attribute__((target("avx2,fma"))) void NormalizeRowAvx2(
+    int64_t n, const float* x, float mean, float inv_std, const float* scale,
+    const float* bias, float* out) {
+  const __m256 vmean = _mm256_set1_ps(mean);
+  const __m256 vinv = _mm256_set1_ps(inv_std);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 factor = _mm256_mul_ps(vinv, _mm256_loadu_ps(scale + i));
+    const __m256 centered = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmean);
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_mul_ps(centered, factor),
+                                            _mm256_loadu_ps(bias + i)));
+  }
+  NormalizeRowScalar(n - i, x + i, mean, inv_std, scale + i, bias + i, out + i);
 }
 
 // Widens 8 bfloat16 values to float32 by moving them to the upper halves.
@@ -324,6 +414,29 @@ float DotBf16(int64_t n, const float* x, const uint16_t* y) {
   if (UseAvx2()) return DotBf16Avx2(n, x, y);
 #endif
   return DotBf16Scalar(n, x, y);
+}
+
+void MixRow(int64_t n, float a, const float* u, float b, const float* x,
+            const float* bias, float* z) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return MixRowAvx2(n, a, u, b, x, bias, z);
+#endif
+  MixRowScalar(n, a, u, b, x, bias, z);
+}
+
+MeanAndVariance RowMeanAndVariance(int64_t n, const float* x) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return RowMeanAndVarianceAvx2(n, x);
+#endif
+  return RowMeanAndVarianceScalar(n, x);
+}
+
+void NormalizeRow(int64_t n, const float* x, float mean, float inv_std,
+                  const float* scale, const float* bias, float* out) {
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx2()) return NormalizeRowAvx2(n, x, mean, inv_std, scale, bias, out);
+#endif
+  NormalizeRowScalar(n, x, mean, inv_std, scale, bias, out);
 }
 
 int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,

@@ -44,6 +44,24 @@ void ExpNegTwiceAbs(int64_t n, const float* z, float* out);
 int64_t HashEightBitTables(int64_t tables, const float* z, const float* e,
                            int32_t* codes, float* scores);
 
+// z[i] = (a * u[i] + b * x[i]) + bias[i] for i in [0, n), two products
+// and two additions rounded one at a time, as the scalar expression is.
+void MixRow(int64_t n, float a, const float* u, float b, const float* x,
+            const float* bias, float* z);
+
+// The mean and the mean square deviation of x[0, n), each summed in 8
+// partial sums (x[i] goes to sum i mod 8) that are added after the last
+// n mod 8 elements, in order.
+struct MeanAndVariance {
+  float mean;
+  float variance;
+};
+MeanAndVariance RowMeanAndVariance(int64_t n, const float* x);
+
+// out[i] = (x[i] - mean) * (inv_std * scale[i]) + bias[i] for i in [0, n).
+void NormalizeRow(int64_t n, const float* x, float mean, float inv_std,
+                  const float* scale, const float* bias, float* out);
+
 // Instruction sets of the kernels, in increasing order. Kernels with an
 // AVX-512 version use it where the CPU supports AVX512F; the others use their
 // AVX2 version there.
