@@ -65,8 +65,12 @@ def check_table_rows(table_size: int, code_length: int) -> None:
     )
 
 
-def _as_int32_codes(codes: jax.Array, table_size: int) -> jax.Array:
-  """Casts integer codes to int32 without letting a wide value wrap into range."""
+def _as_int32_codes(op_name: str, codes: jax.Array, table_size: int) -> jax.Array:
+  """Casts integer codes to int32 without letting a wide value wrap into range.
+
+  Codes of a dtype wider than int32 are range-checked here, before the cast,
+  and int32 codes later by the kernel or the reference path.
+  """
   if not jnp.issubdtype(codes.dtype, jnp.integer):
     raise ValueError(
         f"codes must have an integer dtype, got {codes.dtype}; pass the int32"
@@ -74,10 +78,42 @@ def _as_int32_codes(codes: jax.Array, table_size: int) -> jax.Array:
     )
   if codes.dtype == jnp.int32:
     return codes
+  info = jnp.iinfo(codes.dtype)
+  if info.min >= jnp.iinfo(jnp.int32).min and info.max <= jnp.iinfo(jnp.int32).max:
+    # int8, int16, uint8 and uint16 fit int32 exactly. Compared in their own
+    # dtype, a bound such as 256 would not even be representable.
+    return codes.astype(jnp.int32)
+  _check_codes_in_range(op_name, codes, table_size)
   # Values outside int32 would wrap on a plain cast, so they are clipped to
   # the nearest out-of-range value first and still fail the range check.
-  clipped = jnp.clip(codes, -1, table_size)
+  # An unsigned dtype has no -1 and needs no lower bound.
+  clipped = jnp.clip(codes, None if info.min == 0 else -1, table_size)
   return clipped.astype(jnp.int32)
+
+
+def _check_host_codes(op_name: str, codes, table_size: int) -> None:
+  """Raises ValueError for host codes out of range before JAX converts them.
+
+  With 64-bit types disabled, jnp.asarray turns a NumPy int64 array into
+  int32 and wraps its values, so 2**32 + 3 would read row 3. The first code
+  out of range is reported as the kernels report it.
+  """
+  if isinstance(codes, jax.Array) or jax.config.jax_enable_x64:
+    return
+  host = np.asarray(codes)
+  if host.dtype.kind not in "iu" or host.dtype.itemsize < 4 or host.size == 0:
+    return
+  if host.dtype == np.int32:
+    return
+  bad = (host < 0) | (host >= table_size)
+  if not bad.any():
+    return
+  flat = int(np.argmax(bad.reshape(-1)))
+  num_tables = max(host.shape[-1], 1) if host.ndim else 1
+  _raise_if_out_of_range(
+      op_name, table_size, True, host.reshape(-1)[flat],
+      flat // num_tables, flat % num_tables,
+  )
 
 
 def _raise_if_out_of_range(op_name, table_size, any_bad, bad_code, token, table):
@@ -242,7 +278,8 @@ def weighted_gather(
   call. On CPU, implementation="ffi" checks them in the kernel alone.
 
   Args:
-    codes: integer `[..., T]` row indices in `[0, S)`; int64 is cast to int32.
+    codes: integer `[..., T]` row indices in `[0, S)`, of any integer dtype;
+      a code out of range raises an error, however wide its dtype.
     weights: float32 `[..., T]`.
     tables: float32 or bfloat16 `[T, S, D]`; bfloat16 rows are widened to
       float32 before they are added.
@@ -252,20 +289,20 @@ def weighted_gather(
     float32 `[..., D]`.
   """
   _check_choice("implementation", implementation, IMPLEMENTATIONS)
-  codes, weights, tables = map(jnp.asarray, (codes, weights, tables))
+  weights, tables = jnp.asarray(weights), jnp.asarray(tables)
   _check_float32("weights", weights)
   check_table_dtype(tables)
   if tables.ndim != 3:
     raise ValueError(f"tables must have shape [T, S, D], got {tables.shape}")
   num_tables, table_size, width = tables.shape
+  _check_host_codes("weighted_gather", codes, table_size)
+  codes = jnp.asarray(codes)
   if codes.ndim < 1 or codes.shape != weights.shape or codes.shape[-1] != num_tables:
     raise ValueError(
         f"codes {codes.shape} and weights {weights.shape} must both have shape"
         f" [..., T] with T = {num_tables} tables"
     )
-  if codes.dtype != jnp.int32:
-    _check_codes_in_range("weighted_gather", codes, table_size)
-  codes = _as_int32_codes(codes, table_size)
+  codes = _as_int32_codes("weighted_gather", codes, table_size)
 
   batch_shape = codes.shape[:-1]
   num_tokens = math.prod(batch_shape)

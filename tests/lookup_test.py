@@ -513,6 +513,35 @@ def test_weighted_gather_int64_codes_do_not_wrap():
       )
 
 
+@pytest.mark.parametrize("implementation", ["ffi", "reference"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16])
+def test_weighted_gather_accepts_narrow_and_unsigned_codes(implementation, dtype):
+  if implementation == "ffi" and ext is None:
+    pytest.skip("extension not loaded")
+  # 256 rows: the largest uint8 code is the last row.
+  rng = np.random.default_rng(9)
+  codes = rng.integers(0, 128 if dtype == np.int8 else 256, (5, 3)).astype(dtype)
+  codes[0, 0] = 127 if dtype == np.int8 else 255
+  weights = jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)
+  tables = jnp.asarray(rng.standard_normal((3, 256, 4)), jnp.float32)
+  y = lookupffn_jax.weighted_gather(codes, weights, tables, implementation=implementation)
+  expected = lookupffn_jax.weighted_gather(
+      codes.astype(np.int32), weights, tables, implementation="reference"
+  )
+  np.testing.assert_array_equal(y, expected)
+
+
+def test_weighted_gather_rejects_wide_numpy_codes_without_x64():
+  # Without 64-bit types JAX would wrap 2**32 + 3 to 3; the host check
+  # reports the value instead.
+  codes = np.array([[0, 2**32 + 3]], np.int64)
+  with jax.enable_x64(False):
+    with pytest.raises(ValueError, match=r"code 4294967299 at token 0, table 1 is out of range"):
+      lookupffn_jax.weighted_gather(
+          codes, jnp.ones((1, 2), jnp.float32), jnp.ones((2, 4, 2), jnp.float32)
+      )
+
+
 def test_weighted_gather_accepts_int64_codes():
   with jax.enable_x64(True):
     codes = jnp.array([[3, 0]], jnp.int64)
