@@ -187,6 +187,8 @@ def _avx2_and_avx512(fn, inputs):
         (15, (1, 4, 2, 128, 128)),
         (12, (1, 4, 8, 32, 32)),
         (300, (1, 4, 4, 64, 64)),
+        # Folded, 8 blocks: the cross-block butterflies run 16 lanes wide.
+        (300, (1, 4, 8, 64, 64)),
         # Blocks of 16 take one vector of 16 per strip, blocks of 8 the
         # AVX2 kernels.
         (7, (1, 4, 8, 16, 16)),

@@ -457,28 +457,36 @@ __attribute__((target("avx2,fma"))) void ButterflyStagesAvx2(int64_t width,
   }
 }
 
-// The butterflies of 8 vectors: pairs 1 apart, then 2, then 4, as
-// HadamardStageScalar orders them. The vectors are separate arguments
-// rather than an array, which GCC would keep in memory.
+// The butterflies of 8 vectors v0..v7 of type V with ADD and SUB: pairs 1
+// apart, then 2, then 4, as HadamardStageScalar orders them. A macro rather
+// than a template over the vector type, so that each expansion inherits the
+// instruction set of the function it is in.
+#define LOOKUPFFN_BUTTERFLY_NETWORK8(V, ADD, SUB)               \
+  do {                                                          \
+    const V s0 = ADD(v0, v1), d0 = SUB(v0, v1);                 \
+    const V s1 = ADD(v2, v3), d1 = SUB(v2, v3);                 \
+    const V s2 = ADD(v4, v5), d2 = SUB(v4, v5);                 \
+    const V s3 = ADD(v6, v7), d3 = SUB(v6, v7);                 \
+    const V t0 = ADD(s0, s1), t2 = SUB(s0, s1);                 \
+    const V t1 = ADD(d0, d1), t3 = SUB(d0, d1);                 \
+    const V t4 = ADD(s2, s3), t6 = SUB(s2, s3);                 \
+    const V t5 = ADD(d2, d3), t7 = SUB(d2, d3);                 \
+    v0 = ADD(t0, t4);                                           \
+    v1 = ADD(t1, t5);                                           \
+    v2 = ADD(t2, t6);                                           \
+    v3 = ADD(t3, t7);                                           \
+    v4 = SUB(t0, t4);                                           \
+    v5 = SUB(t1, t5);                                           \
+    v6 = SUB(t2, t6);                                           \
+    v7 = SUB(t3, t7);                                           \
+  } while (false)
+
+// The vectors are separate arguments rather than an array, which GCC would
+// keep in memory.
 __attribute__((target("avx2,fma"))) inline void ButterflyNetwork8(
     __m256& v0, __m256& v1, __m256& v2, __m256& v3, __m256& v4, __m256& v5,
     __m256& v6, __m256& v7) {
-  const __m256 s0 = _mm256_add_ps(v0, v1), d0 = _mm256_sub_ps(v0, v1);
-  const __m256 s1 = _mm256_add_ps(v2, v3), d1 = _mm256_sub_ps(v2, v3);
-  const __m256 s2 = _mm256_add_ps(v4, v5), d2 = _mm256_sub_ps(v4, v5);
-  const __m256 s3 = _mm256_add_ps(v6, v7), d3 = _mm256_sub_ps(v6, v7);
-  const __m256 t0 = _mm256_add_ps(s0, s1), t2 = _mm256_sub_ps(s0, s1);
-  const __m256 t1 = _mm256_add_ps(d0, d1), t3 = _mm256_sub_ps(d0, d1);
-  const __m256 t4 = _mm256_add_ps(s2, s3), t6 = _mm256_sub_ps(s2, s3);
-  const __m256 t5 = _mm256_add_ps(d2, d3), t7 = _mm256_sub_ps(d2, d3);
-  v0 = _mm256_add_ps(t0, t4);
-  v1 = _mm256_add_ps(t1, t5);
-  v2 = _mm256_add_ps(t2, t6);
-  v3 = _mm256_add_ps(t3, t7);
-  v4 = _mm256_sub_ps(t0, t4);
-  v5 = _mm256_sub_ps(t1, t5);
-  v6 = _mm256_sub_ps(t2, t6);
-  v7 = _mm256_sub_ps(t3, t7);
+  LOOKUPFFN_BUTTERFLY_NETWORK8(__m256, _mm256_add_ps, _mm256_sub_ps);
 }
 
 // Scales a vector of 8 and runs the butterfly stages with entries 1, 2 and
@@ -575,6 +583,32 @@ __attribute__((target("avx2,fma"))) void CrossBlockHadamard8Avx2(
   }
 }
 
+// CrossBlockHadamard8Avx2 with 16 lanes: the same additions per lane, so
+// bitwise the same rows. Needs block_size to be a multiple of 16.
+__attribute__((target("avx512f,avx2,fma"))) void CrossBlockHadamard8Avx512(
+    int64_t rows, int64_t block_size, float* data, int64_t stride) {
+  const int64_t b = block_size;
+  for (int64_t m = 0; m < rows; ++m) {
+    float* x = data + m * stride;
+    for (int64_t c = 0; c < b; c += 16) {
+      float* p = x + c;
+      __m512 v0 = _mm512_loadu_ps(p), v1 = _mm512_loadu_ps(p + b),
+             v2 = _mm512_loadu_ps(p + 2 * b), v3 = _mm512_loadu_ps(p + 3 * b),
+             v4 = _mm512_loadu_ps(p + 4 * b), v5 = _mm512_loadu_ps(p + 5 * b),
+             v6 = _mm512_loadu_ps(p + 6 * b), v7 = _mm512_loadu_ps(p + 7 * b);
+      LOOKUPFFN_BUTTERFLY_NETWORK8(__m512, _mm512_add_ps, _mm512_sub_ps);
+      _mm512_storeu_ps(p, v0);
+      _mm512_storeu_ps(p + b, v1);
+      _mm512_storeu_ps(p + 2 * b, v2);
+      _mm512_storeu_ps(p + 3 * b, v3);
+      _mm512_storeu_ps(p + 4 * b, v4);
+      _mm512_storeu_ps(p + 5 * b, v5);
+      _mm512_storeu_ps(p + 6 * b, v6);
+      _mm512_storeu_ps(p + 7 * b, v7);
+    }
+  }
+}
+
 // Any NB, with block_size a multiple of 8: one pass per stage.
 __attribute__((target("avx2,fma"))) void CrossBlockHadamardRowsAvx2(
     int64_t rows, int64_t num_blocks, int64_t block_size, float* data,
@@ -635,6 +669,9 @@ void HadamardRows(int64_t rows, int64_t width, float* data, int64_t stride) {
 void CrossBlockHadamardRows(int64_t rows, int64_t num_blocks,
                             int64_t block_size, float* data, int64_t stride) {
 #ifdef LOOKUPFFN_HAVE_X86
+  if (simd::Avx512Active() && num_blocks == 8 && block_size % 16 == 0) {
+    return CrossBlockHadamard8Avx512(rows, block_size, data, stride);
+  }
   if (simd::Avx2Active() && block_size % 8 == 0) {
     return CrossBlockHadamardRowsAvx2(rows, num_blocks, block_size, data,
                                       stride);

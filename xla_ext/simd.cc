@@ -143,6 +143,49 @@ __attribute__((target("avx2,fma"))) void ExpNegTwiceAbsAvx2(int64_t n,
   }
 }
 
+// ExpNonPositiveAvx2 on 16 lanes, operation for operation, so each lane
+// gets the bits the AVX2 version gives it.
+__attribute__((target("avx512f,avx2,fma"))) __m512 ExpNonPositiveAvx512(
+    __m512 x) {
+  const __m512 min_x = _mm512_set1_ps(-87.0f);
+  const __mmask16 underflow = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, min_x);
+  const __m512 k = _mm512_roundscale_ps(
+      _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i exponent = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+  const __m512 result = _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), result);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) void ExpNegTwiceAbsAvx512(
+    int64_t n, const float* z, float* out) {
+  const __m512 minus_two = _mm512_set1_ps(-2.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 abs_z = _mm512_abs_ps(_mm512_loadu_ps(z + i));
+    _mm512_storeu_ps(out + i,
+                     ExpNonPositiveAvx512(_mm512_mul_ps(minus_two, abs_z)));
+  }
+  if (i < n) {
+    // Masked lanes are neither read nor written.
+    const __mmask16 mask = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 abs_z = _mm512_abs_ps(_mm512_maskz_loadu_ps(mask, z + i));
+    _mm512_mask_storeu_ps(out + i, mask,
+                          ExpNonPositiveAvx512(_mm512_mul_ps(minus_two, abs_z)));
+  }
+}
+
 __attribute__((target("avx2,fma"))) void AxpyAvx2(int64_t n, float a,
                                                   const float* x, float* y) {
   const __m256 va = _mm256_set1_ps(a);
@@ -397,6 +440,7 @@ float Dot(int64_t n, const float* x, const float* y) {
 
 void ExpNegTwiceAbs(int64_t n, const float* z, float* out) {
 #ifdef LOOKUPFFN_HAVE_X86
+  if (UseAvx512()) return ExpNegTwiceAbsAvx512(n, z, out);
   if (UseAvx2()) return ExpNegTwiceAbsAvx2(n, z, out);
 #endif
   ExpNegTwiceAbsScalar(n, z, out);
