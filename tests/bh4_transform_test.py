@@ -195,7 +195,7 @@ def _avx2_and_avx512(fn, inputs):
         (9, (1, 4, 4, 8, 8)),
     ],
 )
-def test_transform_avx512_and_avx2_kernels_bitwise_equal(tokens, kernel_shape):
+def test_transform_avx512_matches_avx2_bitwise(tokens, kernel_shape):
   # The block products run the same FMA chains with 16 or 8 lanes.
   width = kernel_shape[2] * kernel_shape[3]
   inputs = _transform_inputs(6, tokens, width, kernel_shape)
@@ -607,7 +607,7 @@ def test_hash_codes_same_for_thread_counts(case):
 
 @requires_avx512
 @pytest.mark.parametrize("tokens", [1, 8, 100, 300])
-def test_hash_codes_avx512_and_avx2_kernels_bitwise_equal(tokens):
+def test_hash_codes_avx512_matches_avx2(tokens):
   x, kernel, bias, _ = _projection_inputs(30, tokens, 512, (2, 4, 8, 64, 64), 1024)
   hash_codes = jax.jit(
       functools.partial(bh4.bh4_hash_codes, mix=0.7, num_tables=128, implementation="ffi")

@@ -327,7 +327,7 @@ def test_packed_gather_any_thread_count():
 )
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("tokens", [3, 2100], ids=["tiled", "packed"])
-def test_gather_avx512_and_avx2_kernels_bitwise_equal(dtype, tokens):
+def test_gather_avx512_matches_avx2_bitwise(dtype, tokens):
   codes, weights, tables = _packed_gather_inputs(dtype)
   gather = jax.jit(
       functools.partial(lookupffn_jax.weighted_gather, implementation="ffi")
@@ -346,7 +346,7 @@ def test_gather_avx512_and_avx2_kernels_bitwise_equal(dtype, tokens):
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("tokens", [0, 3, 2100], ids=["empty", "tiled", "packed"])
-def test_gather_with_bias_adds_bias_to_each_row(isa, dtype, tokens):
+def test_gather_adds_bias_to_rows(isa, dtype, tokens):
   # The kernel adds the bias as it stores each row's sum: full column blocks
   # in the SIMD kernels, the partial last one (D = 80) in the generic loop.
   # A cap above what the CPU supports runs its best kernels.
@@ -363,7 +363,7 @@ def test_gather_with_bias_adds_bias_to_each_row(isa, dtype, tokens):
 
 
 @requires_ffi
-def test_gather_with_bias_and_no_tables_returns_bias():
+def test_gather_bias_without_tables():
   codes = jnp.zeros((4, 0), jnp.int32)
   weights = jnp.zeros((4, 0), jnp.float32)
   tables = jnp.zeros((0, 256, 24), jnp.float32)
@@ -515,7 +515,7 @@ def test_weighted_gather_int64_codes_do_not_wrap():
 
 @pytest.mark.parametrize("implementation", ["ffi", "reference"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16])
-def test_weighted_gather_accepts_narrow_and_unsigned_codes(implementation, dtype):
+def test_gather_accepts_unsigned_and_narrow_codes(implementation, dtype):
   if implementation == "ffi" and ext is None:
     pytest.skip("extension not loaded")
   # 256 rows: the largest uint8 code is the last row.
@@ -531,7 +531,7 @@ def test_weighted_gather_accepts_narrow_and_unsigned_codes(implementation, dtype
   np.testing.assert_array_equal(y, expected)
 
 
-def test_weighted_gather_rejects_wide_numpy_codes_without_x64():
+def test_gather_rejects_wide_numpy_codes():
   # Without 64-bit types JAX would wrap 2**32 + 3 to 3; the host check
   # reports the value instead.
   codes = np.array([[0, 2**32 + 3]], np.int64)

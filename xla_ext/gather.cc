@@ -54,25 +54,26 @@ constexpr int64_t kPrefetchDistance = 16;
 // For many tokens per table row, the gather first copies the column block
 // of a group of tables into a contiguous buffer. The column blocks of a
 // row-major table are D floats apart, so they fall into a fraction of the
-// cache sets. Packed, a group's slices fit L2
-// without conflicts, and each is reused by the tokens of a tile. Packing
+// cache sets. Packed, a group's slices fit L2 without conflicts, and each
+// is reused by the tokens of a tile. Packing
 // costs one pass over the tables per tile of up to kPackedTokenTile tokens,
 // so it is used from kPackedMinTokens tokens on, with at least
 // kPackedMinTasks tasks. In benchmarks/ on the 2-core development machine
 // this ran the 4096-token gather about 1.2x faster with float32 tables and
 // 1.6x with bfloat16; tiles of 1024 tokens were slower than no packing.
 //
-// The gather's buffer takes half of L2 (GatherPackedBytes); the rest holds
-// the tile's output blocks, 1 MiB for 4096 tokens, also kept contiguous. A
-// larger group loads and stores each output block fewer times. On a 2-core
-// Xeon with 2 MiB of L2, groups of 1 MiB ran the 4096-token float32 gather
-// in 13 to 15 ms. There 256 KiB took 25 ms, 512 KiB 19 ms and 2 MiB 16 ms,
-// and at 32768 tokens 1 MiB was 1.4x faster than 256 KiB. With bfloat16
-// tables 1 MiB took 9.5 to 10 ms, 512 KiB 11 ms. The row dot products pack kDotsPackedBytes. The group size changes
-// no result: every output element adds the tables in the same order
-// whatever the grouping.
+// The gather's buffer takes half of L2, at most 2 MiB (GatherPackedBytes).
+// The rest holds the tile's output blocks, 1 MiB for 4096 tokens, also kept
+// contiguous. A larger group loads and stores each output block fewer
+// times. On a 2-core Xeon with 2 MiB of L2, groups of 1 MiB ran the
+// 4096-token float32 gather in 13 to 15 ms. There 256 KiB took 25 ms, 512
+// KiB 19 ms and 2 MiB 16 ms, and at 32768 tokens 1 MiB was 1.4x faster than
+// 256 KiB. With bfloat16 tables 1 MiB took 9.5 to 10 ms, 512 KiB 11 ms. The
+// row dot products pack kDotsPackedBytes. The group size changes no result:
+// every output element adds the tables in the same order whatever the
+// grouping.
 int64_t GatherPackedBytes() {
-  return std::clamp<int64_t>(L2CacheBytes() / 2, 128 * 1024, 4 << 20);
+  return std::clamp<int64_t>(L2CacheBytes() / 2, 128 * 1024, 2 << 20);
 }
 constexpr int64_t kDotsPackedBytes = 512 * 1024;
 constexpr int64_t kPackedTokenTile = 4096;
@@ -262,11 +263,11 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8(const uint16_t* p) {
 
 // One full column block of tokens [begin, end) and tables [group,
 // group_end). The block of token begin + i is read from in + i * in_stride
-// into 8 registers (zeros where `in` is null), gets the weighted rows of the
-// group added, then the 64 floats at `bias` unless it is null, and is
-// stored to out + i * out_stride. row_at(t, code) returns the first element
-// of that row's block, in the tables or in a packed copy of the group's
-// blocks.
+// into 8 registers, or starts from zeros where `in` is null. It gets the
+// weighted rows of the group added, then the 64 floats at `bias` unless
+// that is null, and is stored to out + i * out_stride. row_at(t, code)
+// returns the first element of that row's block, in the tables or in a
+// packed copy of the group's blocks.
 template <typename TableT, typename RowAt>
 __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,

@@ -392,8 +392,8 @@ __attribute__((target("avx512f,avx2,fma"))) void MicroKernelAvx512Any(
 
 // Needs block_size to be a multiple of 16. Rows go through the 6 x 64
 // kernel in groups of six, one strip of up to 64 columns at a time, and the
-// rows left over through one kernel of that many rows: 24 accumulators of
-// the 32 registers for six rows, and for one row still 4 chains of 16
+// rows left over through one kernel of that many rows. Six rows keep 24
+// accumulators in the 32 registers. One row still has 4 chains of 16
 // lanes, as many lanes in flight as the AVX2 one-row kernel's 8 chains.
 __attribute__((target("avx512f,avx2,fma"))) void BlockDiagonalMultiplyAvx512(
     int64_t rows, int64_t num_blocks, int64_t block_size, const float* in,
