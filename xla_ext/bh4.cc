@@ -52,8 +52,8 @@ struct Bh4Shape {
 
 // Returns this thread's scratch buffer of at least `floats` floats, its
 // contents left from earlier use. Every tile writes the parts it reads, so
-// nothing is cleared; a fresh 496 KiB vector per tile of the hash kernel
-// spent 3% of the 4096-token call zeroing it.
+// nothing is cleared. Zeroing a fresh 496 KiB vector per tile of the hash
+// kernel took 3% of the 4096-token call.
 float* TileScratch(size_t floats) {
   thread_local std::vector<float> scratch;
   if (scratch.size() < floats) scratch.resize(floats);
