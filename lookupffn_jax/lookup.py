@@ -101,9 +101,7 @@ def _check_host_codes(op_name: str, codes, table_size: int) -> None:
   if isinstance(codes, jax.Array) or jax.config.jax_enable_x64:
     return
   host = np.asarray(codes)
-  if host.dtype.kind not in "iu" or host.dtype.itemsize < 4 or host.size == 0:
-    return
-  if host.dtype == np.int32:
+  if host.dtype.kind not in "iu" or host.size == 0 or np.can_cast(host.dtype, np.int32):
     return
   bad = (host < 0) | (host >= table_size)
   if not bad.any():
@@ -278,8 +276,8 @@ def weighted_gather(
   call. On CPU, implementation="ffi" checks them in the kernel alone.
 
   Args:
-    codes: integer `[..., T]` row indices in `[0, S)`, of any integer dtype;
-      a code out of range raises an error, however wide its dtype.
+    codes: integer `[..., T]` row indices in `[0, S)`, of any integer dtype.
+      A code out of range raises an error, however wide its dtype.
     weights: float32 `[..., T]`.
     tables: float32 or bfloat16 `[T, S, D]`; bfloat16 rows are widened to
       float32 before they are added.

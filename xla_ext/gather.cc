@@ -329,7 +329,10 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 Load16(
 }
 
 // GatherGroupAvx2 with the column block in 4 AVX-512 registers: the same
-// FMA chain per output element, so bitwise the same sums.
+// FMA chain per output element, so bitwise the same sums, and the same
+// prefetch. With the prefetch in a helper shared by both kernels, the
+// float32 gather at 4096 tokens ran 7% to 15% slower in alternating builds
+// on the 2-core Xeon, so each kernel keeps its own copy.
 template <typename TableT, typename RowAt>
 __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
     const GatherShape& s, const int32_t* codes, const float* weights,
@@ -392,19 +395,20 @@ void GatherGroup(const GatherShape& s, const int32_t* codes,
                           in_stride, out, out_stride, bias, row_at);
 }
 
-// GatherGroup over every table group, reading the tables in place; the last
-// group adds the bias block at `bias` unless it is null.
+// GatherGroup over every table group, reading the tables in place and
+// accumulating in y. The last group adds the bias block at `bias` unless it
+// is null.
 template <typename TableT>
-__attribute__((target("avx2,fma"))) void GatherBlockAvx2(
-    const GatherShape& s, const int32_t* codes, const float* weights,
-    const TableT* tables, const float* bias, int64_t begin, int64_t end,
-    int64_t column, float* y) {
+void GatherBlockInPlace(const GatherShape& s, const int32_t* codes,
+                        const float* weights, const TableT* tables,
+                        const float* bias, int64_t begin, int64_t end,
+                        int64_t column, float* y) {
   auto table_row = [&](int64_t t, int32_t code) {
     return RowPointer(s, tables, t, code) + column;
   };
+  float* y_block = y + begin * s.width + column;
   for (int64_t group = 0; group < s.tables; group += kTableGroup) {
     const int64_t group_end = std::min(group + kTableGroup, s.tables);
-    float* y_block = y + begin * s.width + column;
     GatherGroup<TableT>(s, codes, weights, group, group_end, begin, end,
                         group == 0 ? nullptr : y_block, s.width, y_block,
                         s.width, group_end == s.tables ? bias : nullptr,
@@ -585,10 +589,12 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                      const TableT* tables, const float* bias, float* y) {
   AdviseHugePages(y, sizeof(float) * s.tokens * s.width);
   if (s.tables == 0) {
-    // The sum of no rows is zero; 0.f + bias as in every other case.
-    for (int64_t n = 0; n < s.tokens; ++n) {
-      for (int64_t i = 0; i < s.width; ++i) {
-        y[n * s.width + i] = bias != nullptr ? 0.f + bias[i] : 0.f;
+    // The sum of no rows is zero, and with a bias 0.f + bias, as in every
+    // other case.
+    std::memset(y, 0, sizeof(float) * s.tokens * s.width);
+    if (bias != nullptr) {
+      for (int64_t n = 0; n < s.tokens; ++n) {
+        for (int64_t i = 0; i < s.width; ++i) y[n * s.width + i] += bias[i];
       }
     }
     return;
@@ -653,9 +659,9 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
     const int64_t end = std::min(begin + kTokenTile, s.tokens);
 #ifdef LOOKUPFFN_HAVE_X86
     if (avx2 && columns == kColumnBlock) {
-      GatherBlockAvx2(s, codes, weights, tables,
-                      bias != nullptr ? bias + column : nullptr, begin, end,
-                      column, y);
+      GatherBlockInPlace(s, codes, weights, tables,
+                         bias != nullptr ? bias + column : nullptr, begin,
+                         end, column, y);
       return;
     }
 #endif

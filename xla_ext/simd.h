@@ -63,8 +63,8 @@ void NormalizeRow(int64_t n, const float* x, float mean, float inv_std,
                   const float* scale, const float* bias, float* out);
 
 // Instruction sets of the kernels, in increasing order. Kernels with an
-// AVX-512 version use it where the CPU supports AVX512F; the others use their
-// AVX2 version there.
+// AVX-512 version use it where the CPU supports AVX512F, and the others use
+// their AVX2 version there.
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 // Returns the instruction set the kernels use now: "avx512", "avx2" or
@@ -84,12 +84,12 @@ bool Avx2Active();
 // Returns whether the AVX-512 kernels are in use now.
 bool Avx512Active();
 
-// Caps the instruction set of the kernels at `isa`; kAvx512, the default,
+// Caps the instruction set of the kernels at `isa`. kAvx512, the default,
 // lets them use the best one this CPU supports. Meant for tests and
 // benchmarks.
 void SetMaxIsa(Isa isa);
 
-// SetMaxIsa(kScalar) for true, SetMaxIsa(kAvx512) for false.
+// Calls SetMaxIsa(kScalar) for true and SetMaxIsa(kAvx512) for false.
 void ForceScalar(bool force);
 
 }  // namespace lookupffn::simd
