@@ -24,6 +24,7 @@
 #include "batch.h"
 #include "hadamard.h"
 #include "hash.h"
+#include "memory.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -55,7 +56,7 @@ struct Bh4Shape {
 // nothing is cleared. Zeroing a fresh 496 KiB vector per tile of the hash
 // kernel took 3% of the 4096-token call.
 float* TileScratch(size_t floats) {
-  thread_local std::vector<float> scratch;
+  thread_local AlignedVector<float> scratch;
   if (scratch.size() < floats) scratch.resize(floats);
   return scratch.data();
 }
@@ -95,7 +96,7 @@ constexpr int64_t kFoldMinTokens = 256;
 struct ForwardBlocks {
   const float* blocks;
   bool folded;
-  std::vector<float> storage;
+  AlignedVector<float> storage;
 };
 
 ForwardBlocks FoldBlocks(const Bh4Shape& s, const float* kernel) {
@@ -261,7 +262,7 @@ void Bh4HashByRepeat(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   const int64_t k = out.code_length;
   const int64_t tables = mix.out_features / k;
   const int64_t tiles = (s.tokens + kTokensPerTile - 1) / kTokensPerTile;
-  std::vector<float> z(s.tokens * mix.out_features);
+  AlignedVector<float> z(s.tokens * mix.out_features);
   ParallelFor(pool, tiles * s.repeats, [&](int64_t item) {
     const int64_t tile = item / s.repeats;
     const int64_t r = item % s.repeats;
@@ -372,7 +373,7 @@ void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
   const int64_t num_factor_blocks = s.repeats * s.factors * s.num_blocks;
   // The input gradient of a block product multiplies by each block's
   // transpose.
-  std::vector<float> transposed(num_factor_blocks * s.block_elements());
+  AlignedVector<float> transposed(num_factor_blocks * s.block_elements());
   for (int64_t blk = 0; blk < num_factor_blocks; ++blk) {
     const float* w = kernel + blk * s.block_elements();
     float* wt = transposed.data() + blk * s.block_elements();
@@ -384,8 +385,8 @@ void Bh4Backward(ffi::ThreadPool& pool, const Bh4Shape& s, const float* x,
 
   // inputs and dv are [R, F, NB, step tokens, b] for the current step.
   const int64_t step_capacity = std::min(kTokensPerStep, s.tokens);
-  std::vector<float> inputs(num_factor_blocks * step_capacity * b);
-  std::vector<float> dv(inputs.size());
+  AlignedVector<float> inputs(num_factor_blocks * step_capacity * b);
+  AlignedVector<float> dv(inputs.size());
 
   for (int64_t step = 0; step < s.tokens; step += kTokensPerStep) {
     const int64_t step_tokens = std::min(kTokensPerStep, s.tokens - step);
