@@ -226,7 +226,8 @@ def test_lookup_empty_shapes(n, t, d, estimator):
 # group's column block when there are at least 2048 tokens. These shapes give
 # several groups and a partial last column block (D = 80): a column block of
 # 1024 rows takes 256 KiB in float32 and 128 KiB in bfloat16, the row dot
-# products pack 512 KiB and the gather half of L2, at most 2 MiB.
+# products pack 512 KiB and the gather 1 MiB, or half of L2 if that is more.
+# Two column blocks make four token tiles of 525 tokens.
 PACKED_GATHER_SHAPE = dict(n=2100, t=17, s=1024, d=80)
 
 

@@ -617,10 +617,16 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
         (s.tokens + kPackedTokenTile - 1) / kPackedTokenTile,
         (kPackedMinTasks + column_blocks - 1) / column_blocks);
     const int64_t tile_tokens = (s.tokens + tiles - 1) / tiles;
+    // Consecutive tasks share a token tile, so its codes and weights can
+    // stay in L3 while the tile's column blocks are gathered. Ordered by
+    // column block, the 32768-token float32 gather took 230 to 246 ms on
+    // the 2-core AMD EPYC (Zen 4), and 164 to 168 ms in this order. An
+    // estimate of why: between two reads of a tile's 4 MiB of codes and
+    // weights, the other seven tiles read 28 MiB, most of the 32 MiB L3.
     ParallelFor(pool, column_blocks * tiles, [&](int64_t task) {
-      const int64_t column = (task / tiles) * kColumnBlock;
+      const int64_t column = (task % column_blocks) * kColumnBlock;
       const int64_t columns = std::min(kColumnBlock, s.width - column);
-      const int64_t begin = (task % tiles) * tile_tokens;
+      const int64_t begin = (task / column_blocks) * tile_tokens;
       const int64_t end = std::min(begin + tile_tokens, s.tokens);
       if (begin >= end) return;
       if (columns < kColumnBlock) {
