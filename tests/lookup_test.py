@@ -495,6 +495,24 @@ def test_weighted_gather_rejects_out_of_range_code(implementation, bad_code):
 
 
 @requires_ffi
+@pytest.mark.parametrize("bad_code", [-3, 7, -(2**31)])
+def test_gather_kernel_reports_first_bad_code(bad_code):
+  # The kernel checks the codes in chunks of 4096, so the first bad code
+  # sits in the second chunk and a later one in the third.
+  codes = np.zeros((3000, 3), np.int32)
+  codes[1500, 2] = bad_code
+  codes[2900, 0] = 5
+  fn = jax.jit(
+      lambda c: lookupffn_jax.weighted_gather(
+          c, jnp.ones((3000, 3), jnp.float32), jnp.ones((3, 4, 2), jnp.float32),
+          implementation="ffi",
+      )
+  )
+  with pytest.raises(Exception, match=rf"code {bad_code} at token 1500, table 2 "):
+    jax.block_until_ready(fn(jnp.asarray(codes)))
+
+
+@requires_ffi
 def test_backward_kernel_rejects_bad_code():
   codes = jnp.array([[5]], jnp.int32)
   call = jax.ffi.ffi_call(
