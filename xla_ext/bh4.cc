@@ -512,6 +512,7 @@ ffi::Error Bh4ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (!batch.IsOutput(u->dimensions(), {s.tokens, s.repeats * s.width()})) {
     return Invalid(kOp, "output shape " + ShapeString(u->dimensions()));
   }
+  AdviseResultHugePages(u);
   for (int64_t i = 0; i < batch.size(); ++i) {
     Bh4Forward(pool, s, x.typed_data() + batch.Offset(0, i),
                kernel.typed_data() + batch.Offset(1, i), nullptr,
@@ -555,6 +556,7 @@ ffi::Error Bh4MixForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (!batch.IsOutput(z->dimensions(), {s.tokens, out_features})) {
     return Invalid(kOp, "output shape " + ShapeString(z->dimensions()));
   }
+  AdviseResultHugePages(z);
   for (int64_t i = 0; i < batch.size(); ++i) {
     const Mix m{mix, rest, bias.typed_data() + batch.Offset(2, i),
                 out_features};
@@ -616,6 +618,8 @@ ffi::Error RunBh4Hash(const char* op, ffi::ThreadPool& pool,
       !batch.IsOutput(scores->dimensions(), {s.tokens, tables})) {
     return Invalid(op, "unexpected output shapes");
   }
+  AdviseResultHugePages(codes);
+  AdviseResultHugePages(scores);
   for (int64_t i = 0; i < batch.size(); ++i) {
     const Mix m{mix, rest, bias.typed_data() + batch.Offset(2, i),
                 out_features};
@@ -686,6 +690,7 @@ ffi::Error Bh4BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        s.block_size})) {
     return Invalid(kOp, "unexpected gradient shapes");
   }
+  AdviseResultHugePages(dx);
   const int64_t kernel_size = s.repeats * s.factors * s.factor_elements();
   // The backward allocates its per-step buffers on the calling thread. A
   // failure becomes an error rather than an exception across the C API.

@@ -21,6 +21,7 @@
 #include "batch.h"
 #include "gather.h"
 #include "hash.h"
+#include "memory.h"
 #include "parallel.h"
 #include "simd.h"
 #include "xla/ffi/api/ffi.h"
@@ -325,6 +326,7 @@ ffi::Error WeightedGatherBackwardImpl(
       !batch.IsOutput(dtables->dimensions(), {s.tables, s.table_rows, s.width})) {
     return ShapeMismatch(kOp, "unexpected gradient shapes");
   }
+  AdviseResultHugePages(dweights);
   for (int64_t b = 0; b < batch.size(); ++b) {
     const int32_t* c = codes.typed_data() + batch.Offset(0, b);
     if (int64_t bad = FindBadCode(s, c); bad >= 0) {
@@ -391,6 +393,8 @@ ffi::Error LookupForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
       !batch.IsOutput(scores->dimensions(), {s.tokens, s.tables})) {
     return ShapeMismatch(kOp, "unexpected output shapes");
   }
+  AdviseResultHugePages(codes);
+  AdviseResultHugePages(scores);
   for (int64_t b = 0; b < batch.size(); ++b) {
     const int64_t nt = b * s.tokens * s.tables;
     LookupForward(pool, s, code_length, z.typed_data() + batch.Offset(0, b),
@@ -435,6 +439,7 @@ ffi::Error LookupBackwardImpl(
       !batch.IsOutput(dtables->dimensions(), {s.tables, s.table_rows, s.width})) {
     return ShapeMismatch(kOp, "unexpected gradient shapes");
   }
+  AdviseResultHugePages(dz);
   for (int64_t b = 0; b < batch.size(); ++b) {
     const float* z_b = z.typed_data() + batch.Offset(0, b);
     const TableView table = ViewAt(tables, batch.Offset(1, b));

@@ -47,6 +47,15 @@ inline void AdviseHugePages(void* data, size_t bytes) {
 #endif
 }
 
+// AdviseHugePages for the whole of an XLA FFI result buffer, before a
+// kernel first writes it. XLA maps large outputs afresh on every call too:
+// the [32768, 1024] output of the BH4 transform took about 62,000 page
+// faults per call without the hint.
+template <typename Result>
+void AdviseResultHugePages(Result& result) {
+  AdviseHugePages(result->untyped_data(), result->size_bytes());
+}
+
 // Returns the bytes of one core's L2 cache as the C library reports it, or
 // `fallback` where it reports none.
 inline int64_t L2CacheBytes(int64_t fallback = int64_t{1} << 20) {
