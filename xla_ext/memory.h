@@ -47,8 +47,8 @@ inline void AdviseHugePages(void* data, size_t bytes) {
 #endif
 }
 
-// AdviseHugePages for the whole of an XLA FFI result buffer, before a
-// kernel first writes it. XLA maps large outputs afresh on every call too:
+// Calls AdviseHugePages on the whole of an XLA FFI result buffer, before
+// a kernel first writes it. XLA maps large outputs afresh on every call too:
 // the [32768, 1024] output of the BH4 transform took about 62,000 page
 // faults per call without the hint.
 template <typename Result>
