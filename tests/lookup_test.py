@@ -363,6 +363,40 @@ def test_gather_adds_bias_to_rows(isa, dtype, tokens):
   np.testing.assert_array_equal(with_bias, without + bias)
 
 
+# Below 2048 tokens the AVX-512 gather reads row chunks of 256 entries while
+# N <= S or the tables take at most 32 MiB. D = 656 gives two full chunks,
+# a chunk of two 64-column blocks and 16 columns for the generic loop.
+@pytest.mark.skipif(
+    ext is None or not ext.avx512_supported(), reason="no AVX-512"
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 37, 300])
+def test_gather_row_chunks_match_avx2_bitwise(dtype, tokens):
+  rng = np.random.default_rng(9)
+  t, s, d = 6, 40, 656
+  codes = jnp.asarray(rng.integers(0, s, (tokens, t)), jnp.int32)
+  weights = jnp.asarray(rng.standard_normal((tokens, t)), jnp.float32)
+  tables = jnp.asarray(rng.standard_normal((t, s, d)), jnp.float32).astype(dtype)
+  bias = jnp.asarray(rng.standard_normal(d), jnp.float32)
+  results = {}
+  try:
+    for isa, threads in (("avx2", 0), ("avx512", 1), ("avx512", 3)):
+      ext.set_max_isa(isa)
+      ext.set_max_threads(threads)
+      results[isa, threads] = np.asarray(
+          weighted_gather_of_hash(codes, weights, tables, "ffi", bias)
+      )
+  finally:
+    ext.set_max_isa("avx512")
+    ext.set_max_threads(0)
+  np.testing.assert_array_equal(results["avx512", 1], results["avx2", 0])
+  np.testing.assert_array_equal(results["avx512", 3], results["avx2", 0])
+  expected = lookupffn_jax.weighted_gather(
+      codes, weights, tables, implementation="reference"
+  ) + bias
+  assert_close(results["avx512", 1], expected, name="y")
+
+
 @requires_ffi
 def test_gather_bias_without_tables():
   codes = jnp.zeros((4, 0), jnp.int32)

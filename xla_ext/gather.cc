@@ -96,6 +96,38 @@ constexpr int64_t kPackedTokenTile = 4096;
 constexpr int64_t kPackedMinTokens = 2048;
 constexpr int64_t kPackedMinTasks = 8;
 
+// With few tokens per table row the AVX-512 gather reads whole chunks of
+// kRowChunk floats of each row, 16 registers of accumulators, instead of
+// 64-column blocks (UseRowChunks). The rows then come from L3 or DRAM, and
+// a chunk of 1 KiB of consecutive lines is fetched faster than the same
+// bytes as four 256-byte slices read by different tasks at different
+// times. Each task takes kRowTokenTile tokens and one chunk, and prefetches
+// the chunk kRowPrefetchDistance look-ups ahead. In one process on the
+// 2-core AMD EPYC (Zen 4, 32 MiB of L3), with T = 128 tables of S = 256
+// rows of 512 entries, chunks ran the float32 gather 1.25x to 1.54x faster
+// from 8 to 256 tokens, as fast at 384 and 0.69x to 0.87x as fast from 512
+// to 1536. There the 64 MiB of tables do not fit L3, and column blocks
+// reuse the slices that L3 keeps. The 32 MiB of bfloat16 tables ran 1.04x
+// to 1.43x faster in chunks at every size from 8 to 1536 tokens.
+constexpr int64_t kRowChunk = 256;
+constexpr int64_t kRowTokenTile = 32;
+constexpr int64_t kRowPrefetchDistance = 4;
+
+// Chunks are used below kPackedMinTokens tokens while each row is read
+// about once at most (N <= S), or while the tables take at most
+// kRowTableBytes.
+//
+// NOTE: kRowTableBytes is the L3 size of the AMD EPYC above. The C library
+// reports 320 MiB of L3 in that virtual machine, so the limit is a
+// constant rather than a query, and it has not been measured on other
+// CPUs.
+constexpr int64_t kRowTableBytes = int64_t{32} << 20;
+
+bool UseRowChunks(const GatherShape& s, int64_t table_bytes) {
+  return simd::Avx512Active() && s.tokens < kPackedMinTokens &&
+         (s.tokens <= s.table_rows || table_bytes <= kRowTableBytes);
+}
+
 // The scatter's tasks each own the rows of a table group for a range of
 // column blocks. Each task reads all of dy, so groups are as large as
 // kScatterGroupBytes of rows per column block allows, but there are at
@@ -426,6 +458,74 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
   }
 }
 
+// Gathers columns [column, column + 16 * kVectors) of tokens [begin, end)
+// from whole row chunks, in kVectors AVX-512 registers. Each element is
+// the FMA chain over the tables in order from zero, plus bias[column + i]
+// unless bias is null, as in the column-block kernels, so the sums are
+// bitwise theirs.
+template <typename TableT, int kVectors>
+__attribute__((target("avx512f,avx2,fma"))) void GatherRowChunkAvx512(
+    const GatherShape& s, const int32_t* codes, const float* weights,
+    const TableT* tables, const float* bias, int64_t begin, int64_t end,
+    int64_t column, float* y) {
+  constexpr int64_t kChunkBytes = 16 * kVectors * sizeof(TableT);
+  for (int64_t n = begin; n < end; ++n) {
+    __m512 acc[kVectors];
+    for (int k = 0; k < kVectors; ++k) acc[k] = _mm512_setzero_ps();
+    const int32_t* codes_n = codes + n * s.tables;
+    const float* weights_n = weights + n * s.tables;
+    const int32_t* codes_next = codes + std::min(n + 1, end - 1) * s.tables;
+    for (int64_t t = 0; t < s.tables; ++t) {
+      // The chunk kRowPrefetchDistance look-ups ahead, in the next token's
+      // tables once this token's run out.
+      const int64_t ahead = t + kRowPrefetchDistance;
+      const int64_t ahead_table = ahead < s.tables ? ahead : ahead - s.tables;
+      const int32_t* codes_ahead = ahead < s.tables ? codes_n : codes_next;
+      if (ahead_table < s.tables) {
+        PrefetchRange(RowPointer(s, tables, ahead_table,
+                                 codes_ahead[ahead_table]) +
+                          column,
+                      kChunkBytes);
+      }
+      const TableT* row = RowPointer(s, tables, t, codes_n[t]) + column;
+      const __m512 w = _mm512_set1_ps(weights_n[t]);
+      for (int k = 0; k < kVectors; ++k) {
+        acc[k] = _mm512_fmadd_ps(w, Load16(row + 16 * k), acc[k]);
+      }
+    }
+    float* y_n = y + n * s.width + column;
+    for (int k = 0; k < kVectors; ++k) {
+      if (bias != nullptr) {
+        acc[k] = _mm512_add_ps(acc[k], _mm512_loadu_ps(bias + column + 16 * k));
+      }
+      _mm512_storeu_ps(y_n + 16 * k, acc[k]);
+    }
+  }
+}
+
+// GatherRowChunkAvx512 for columns [column, column + columns) with columns
+// a multiple of kColumnBlock up to kRowChunk.
+template <typename TableT>
+void GatherRowChunk(const GatherShape& s, const int32_t* codes,
+                    const float* weights, const TableT* tables,
+                    const float* bias, int64_t begin, int64_t end,
+                    int64_t column, int64_t columns, float* y) {
+  switch (columns / 16) {
+    case 4:
+      return GatherRowChunkAvx512<TableT, 4>(s, codes, weights, tables, bias,
+                                             begin, end, column, y);
+    case 8:
+      return GatherRowChunkAvx512<TableT, 8>(s, codes, weights, tables, bias,
+                                             begin, end, column, y);
+    case 12:
+      return GatherRowChunkAvx512<TableT, 12>(s, codes, weights, tables, bias,
+                                              begin, end, column, y);
+    default:
+      return GatherRowChunkAvx512<TableT, 16>(s, codes, weights, tables, bias,
+                                              begin, end, column, y);
+  }
+}
+
 // GatherGroupAvx512 where the CPU supports it, else GatherGroupAvx2.
 template <typename TableT, typename RowAt>
 void GatherGroup(const GatherShape& s, const int32_t* codes,
@@ -696,6 +796,31 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
             last ? y + begin * s.width + column : partial.data(),
             last ? s.width : kColumnBlock,
             last && bias != nullptr ? bias + column : nullptr, packed_row);
+      }
+    });
+    return;
+  }
+#endif
+#ifdef LOOKUPFFN_HAVE_X86
+  if (UseRowChunks(s, s.tables * s.table_rows * s.width *
+                           static_cast<int64_t>(sizeof(TableT)))) {
+    // Each task takes one row chunk of a token tile. Columns past the last
+    // full column block go to GatherBlockGeneric.
+    const int64_t chunks = (s.width + kRowChunk - 1) / kRowChunk;
+    const int64_t tiles = (s.tokens + kRowTokenTile - 1) / kRowTokenTile;
+    ParallelFor(pool, chunks * tiles, [&](int64_t task) {
+      const int64_t column = (task % chunks) * kRowChunk;
+      const int64_t columns = std::min(kRowChunk, s.width - column);
+      const int64_t full = columns / kColumnBlock * kColumnBlock;
+      const int64_t begin = (task / chunks) * kRowTokenTile;
+      const int64_t end = std::min(begin + kRowTokenTile, s.tokens);
+      if (full > 0) {
+        GatherRowChunk(s, codes, weights, tables, bias, begin, end, column,
+                       full, y);
+      }
+      if (full < columns) {
+        GatherBlockGeneric(s, codes, weights, tables, bias, begin, end,
+                           column + full, columns - full, y);
       }
     });
     return;
