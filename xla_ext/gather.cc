@@ -123,10 +123,12 @@ constexpr int64_t kRowPrefetchDistance = 4;
 // CPUs.
 constexpr int64_t kRowTableBytes = int64_t{32} << 20;
 
+#ifdef LOOKUPFFN_HAVE_X86
 bool UseRowChunks(const GatherShape& s, int64_t table_bytes) {
   return simd::Avx512Active() && s.tokens < kPackedMinTokens &&
          (s.tokens <= s.table_rows || table_bytes <= kRowTableBytes);
 }
+#endif
 
 // The scatter's tasks each own the rows of a table group for a range of
 // column blocks. Each task reads all of dy, so groups are as large as
