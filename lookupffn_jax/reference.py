@@ -56,7 +56,12 @@ def weighted_gather(
     codes_NxT: jax.Array, weights_NxT: jax.Array, tables_TxSxD: jax.Array
 ) -> jax.Array:
   """Returns `y[n] = sum_t weights[n, t] * tables[t, codes[n, t]]`."""
-  rows_NxTxD = gather_rows(codes_NxT, tables_TxSxD)
+  # The rows come from a float32 view of bfloat16 tables, which widens each
+  # entry exactly. The table gradient, a scatter-add over the tokens, then
+  # sums in float32 and is rounded to bfloat16 once, as in the FFI kernel.
+  # Summed in bfloat16, 4096 look-ups of one row with weight 1 gave 256.
+  compute_dtype = jnp.promote_types(tables_TxSxD.dtype, jnp.float32)
+  rows_NxTxD = gather_rows(codes_NxT, tables_TxSxD.astype(compute_dtype))
   return jnp.einsum("nt,ntd->nd", weights_NxT, rows_NxTxD)
 
 

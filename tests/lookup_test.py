@@ -150,6 +150,26 @@ def test_lookup_bf16_tables_ffi_matches_reference(n, t, k, d, estimator):
   assert_close(dtables.astype(jnp.float32), dtables_ref.astype(jnp.float32), rtol=2**-7, name="dtables")
 
 
+@pytest.mark.parametrize("implementation", ["ffi", "reference"])
+def test_bf16_table_gradient_sums_in_float32(implementation):
+  # 4096 look-ups of one row with weight 1: a sum kept in bfloat16 stops
+  # growing at 256, and one kept in float32 reaches 4096, which bfloat16
+  # represents exactly.
+  if implementation == "ffi" and ext is None:
+    pytest.skip("extension not loaded")
+  codes = jnp.zeros((4096, 1), jnp.int32)
+  weights = jnp.ones((4096, 1), jnp.float32)
+  tables = jnp.zeros((1, 2, 4), jnp.bfloat16)
+  dtables = jax.grad(
+      lambda tb: lookupffn_jax.weighted_gather(
+          codes, weights, tb, implementation=implementation
+      ).sum()
+  )(tables)
+  assert dtables.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(dtables[0, 0].astype(jnp.float32), 4096.0)
+  np.testing.assert_array_equal(dtables[0, 1].astype(jnp.float32), 0.0)
+
+
 @requires_ffi
 def test_bf16_tables_close_to_float32():
   z, tables, _ = random_inputs(11, 200, 64, 8, 256)
