@@ -505,8 +505,8 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherRowChunkAvx512(
   }
 }
 
-// GatherRowChunkAvx512 for columns [column, column + columns) with columns
-// a multiple of kColumnBlock up to kRowChunk.
+// Runs GatherRowChunkAvx512 on columns [column, column + columns), where
+// columns is a multiple of kColumnBlock up to kRowChunk.
 template <typename TableT>
 void GatherRowChunk(const GatherShape& s, const int32_t* codes,
                     const float* weights, const TableT* tables,
