@@ -150,6 +150,15 @@ def test_lookup_bf16_tables_ffi_matches_reference(n, t, k, d, estimator):
   assert_close(dtables.astype(jnp.float32), dtables_ref.astype(jnp.float32), rtol=2**-7, name="dtables")
 
 
+def _gather_table_gradient(codes, weights, tables, implementation):
+  """Returns the gradient of sum(weighted_gather(...)) with respect to tables."""
+  return jax.grad(
+      lambda tb: lookupffn_jax.weighted_gather(
+          codes, weights, tb, implementation=implementation
+      ).sum()
+  )(tables)
+
+
 @pytest.mark.parametrize("implementation", ["ffi", "reference"])
 def test_bf16_table_gradient_sums_in_float32(implementation):
   # 4096 look-ups of one row with weight 1: a sum kept in bfloat16 stops
@@ -160,11 +169,7 @@ def test_bf16_table_gradient_sums_in_float32(implementation):
   codes = jnp.zeros((4096, 1), jnp.int32)
   weights = jnp.ones((4096, 1), jnp.float32)
   tables = jnp.zeros((1, 2, 4), jnp.bfloat16)
-  dtables = jax.grad(
-      lambda tb: lookupffn_jax.weighted_gather(
-          codes, weights, tb, implementation=implementation
-      ).sum()
-  )(tables)
+  dtables = _gather_table_gradient(codes, weights, tables, implementation)
   assert dtables.dtype == jnp.bfloat16
   np.testing.assert_array_equal(dtables[0, 0].astype(jnp.float32), 4096.0)
   np.testing.assert_array_equal(dtables[0, 1].astype(jnp.float32), 0.0)
@@ -209,11 +214,7 @@ def test_duplicate_codes_sum_table_gradient(implementation):
   codes = jnp.array([[1], [1], [1], [3]], jnp.int32)
   weights = jnp.array([[1.0], [2.0], [3.0], [4.0]], jnp.float32)
   tables = jnp.zeros((1, 4, 3), jnp.float32)
-  dtables = jax.grad(
-      lambda tb: lookupffn_jax.weighted_gather(
-          codes, weights, tb, implementation=implementation
-      ).sum()
-  )(tables)
+  dtables = _gather_table_gradient(codes, weights, tables, implementation)
   np.testing.assert_array_equal(dtables[0, :, 0], [0.0, 6.0, 0.0, 4.0])
   np.testing.assert_array_equal(dtables[0, :, 2], [0.0, 6.0, 0.0, 4.0])
 
