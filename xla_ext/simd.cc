@@ -95,26 +95,34 @@ void ExpNegTwiceAbsScalar(int64_t n, const float* z, float* out) {
 
 #ifdef LOOKUPFFN_HAVE_X86
 
+// Constants of ExpNonPositiveAvx2 and ExpNonPositiveAvx512. ln2 is split
+// in two so that x - k ln2 is exact enough, and the Taylor coefficients of
+// exp(r) are listed in the order that Horner's rule uses them.
+constexpr float kExpMinArgument = -87.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2High = 0.693359375f;
+constexpr float kLn2Low = -2.12194440e-4f;
+constexpr float kExpTaylor[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
+                                1.0f / 6.0f,   0.5f,          1.0f,
+                                1.0f};
+
 // exp(x) for x <= 0 on 8 lanes: x = k ln2 + r with |r| <= ln2 / 2, a degree-6
 // Taylor polynomial for exp(r) (error below 2e-7 relative on that range),
 // and 2^k built in the exponent bits. Below -87 the result flushes to 0.
 __attribute__((target("avx2,fma"))) __m256 ExpNonPositiveAvx2(__m256 x) {
-  const __m256 min_x = _mm256_set1_ps(-87.0f);
+  const __m256 min_x = _mm256_set1_ps(kExpMinArgument);
   const __m256 underflow = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
   x = _mm256_max_ps(x, min_x);
   const __m256 k = _mm256_round_ps(
-      _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+      _mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // r = x - k ln2, with ln2 split in two so the product is exact enough.
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  // r = x - k ln2.
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2High), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kLn2Low), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
+  for (int i = 1; i < 7; ++i) {
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  }
   const __m256i exponent = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
   const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
@@ -147,21 +155,18 @@ __attribute__((target("avx2,fma"))) void ExpNegTwiceAbsAvx2(int64_t n,
 // gets the bits the AVX2 version gives it.
 __attribute__((target("avx512f,avx2,fma"))) __m512 ExpNonPositiveAvx512(
     __m512 x) {
-  const __m512 min_x = _mm512_set1_ps(-87.0f);
+  const __m512 min_x = _mm512_set1_ps(kExpMinArgument);
   const __mmask16 underflow = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
   x = _mm512_max_ps(x, min_x);
   const __m512 k = _mm512_roundscale_ps(
-      _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+      _mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2High), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kLn2Low), r);
+  __m512 p = _mm512_set1_ps(kExpTaylor[0]);
+  for (int i = 1; i < 7; ++i) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpTaylor[i]));
+  }
   const __m512i exponent = _mm512_slli_epi32(
       _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
   const __m512 result = _mm512_mul_ps(p, _mm512_castsi512_ps(exponent));
