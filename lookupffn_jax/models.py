@@ -204,6 +204,85 @@ def make_ffn(config: RobertaConfig, name: str = "ffn") -> nn.Module:
   )
 
 
+# Largest float32 score block [sequences, heads, seq, seq] that attention
+# computes at once. Larger batches run in chunks of whole sequences. At 8 x
+# 512 tokens with 8 heads (64 MiB of scores) on a 2-core AMD EPYC with 32 MiB
+# of L3, chunks of 16 MiB ran the attention 1.5x faster than one block, and
+# 1.4x and 1.65x faster than chunks of 8 and 32 MiB. One block also took
+# fresh pages on every call: 171,000 page faults per call of the model,
+# 40,000 with chunks.
+ATTENTION_CHUNK_BYTES = 16 * 2**20
+
+
+def attention_chunk_size(batch: int, num_heads: int, q_len: int, k_len: int) -> int:
+  """Returns how many sequences `dot_product_attention` takes at once.
+
+  The largest divisor of `batch` whose float32 scores fit in
+  `ATTENTION_CHUNK_BYTES`, and 1 when one sequence alone does not.
+  """
+  per_sequence = num_heads * q_len * k_len * 4
+  fit = max(1, ATTENTION_CHUNK_BYTES // per_sequence)
+  return max(d for d in range(1, min(fit, batch) + 1) if batch % d == 0)
+
+
+def _attention_block(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL, dropout_rate, dropout_rng):
+  # Softmax runs in float32 because bf16, with 8 bits of precision, loses
+  # the small terms of a long row's normaliser. Padded keys get -1e30 added:
+  # exp of it is exactly 0, a row of padding alone stays finite (uniform
+  # weights), and XLA fuses the addition into the softmax, which it does
+  # not do for a select.
+  logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
+  key_bias_Bx1x1xL = jnp.where(mask_BxL.astype(bool), 0.0, -1e30)[:, None, None, :]
+  logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32) + key_bias_Bx1x1xL
+  weights_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
+  if dropout_rng is not None:
+    keep_prob = 1.0 - dropout_rate
+    keep_BxHxLxL = jax.random.bernoulli(dropout_rng, keep_prob, weights_BxHxLxL.shape)
+    weights_BxHxLxL = jnp.where(keep_BxHxLxL, weights_BxHxLxL / keep_prob, 0.0)
+  weights_BxHxLxL = weights_BxHxLxL.astype(v_BxLxHxK.dtype)
+  return jnp.einsum("bhqs,bshk->bqhk", weights_BxHxLxL, v_BxLxHxK)
+
+
+def dot_product_attention(
+    q_BxLxHxK: jax.Array,
+    k_BxLxHxK: jax.Array,
+    v_BxLxHxK: jax.Array,
+    mask_BxL: jax.Array,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+  """Returns softmax(q k^T) v over the keys that `mask_BxL` marks as real.
+
+  `q` is expected to be scaled already. Batches whose scores exceed
+  `ATTENTION_CHUNK_BYTES` run through `jax.lax.map` in chunks of
+  `attention_chunk_size` sequences. Dropout applies to the attention weights
+  when `dropout_rng` is given, and chunk i draws its mask from
+  `fold_in(dropout_rng, i)`.
+  """
+  batch, q_len, num_heads, _ = q_BxLxHxK.shape
+  chunk = attention_chunk_size(batch, num_heads, q_len, k_BxLxHxK.shape[1])
+  if dropout_rng is not None and dropout_rate == 0.0:
+    dropout_rng = None
+  if chunk == batch:
+    return _attention_block(
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL, dropout_rate, dropout_rng
+    )
+
+  num_chunks = batch // chunk
+  split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
+  operands = (split(q_BxLxHxK), split(k_BxLxHxK), split(v_BxLxHxK), split(mask_BxL))
+  if dropout_rng is not None:
+    operands += (jax.vmap(functools.partial(jax.random.fold_in, dropout_rng))(
+        jnp.arange(num_chunks)),)
+
+  def one_chunk(chunk_operands):
+    q, k, v, mask, *rng = chunk_operands
+    return _attention_block(q, k, v, mask, dropout_rate, rng[0] if rng else None)
+
+  out = jax.lax.map(one_chunk, operands)
+  return out.reshape(q_BxLxHxK.shape[:-1] + v_BxLxHxK.shape[-1:])
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention over the tokens that `mask_BxL` marks as real."""
 
@@ -224,22 +303,19 @@ class SelfAttention(nn.Module):
     q_BxLxHxK = dense(heads, name="query")(x_BxLxD)
     k_BxLxHxK = dense(heads, name="key")(x_BxLxD)
     v_BxLxHxK = dense(heads, name="value")(x_BxLxD)
-
-    # Softmax runs in float32 because bf16, with 8 bits of precision, loses
-    # the small terms of a long row's normaliser.
     q_BxLxHxK = q_BxLxHxK * (1.0 / math.sqrt(config.head_dim))
-    logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-    logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32)
-    key_is_real_Bx1x1xL = mask_BxL[:, None, None, :].astype(bool)
-    logits_BxHxLxL = jnp.where(
-        key_is_real_Bx1x1xL, logits_BxHxLxL, jnp.finfo(jnp.float32).min
-    )
-    weights_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(v_BxLxHxK.dtype)
-    weights_BxHxLxL = nn.Dropout(config.attention_dropout_rate)(
-        weights_BxHxLxL, deterministic=deterministic
-    )
 
-    out_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", weights_BxHxLxL, v_BxLxHxK)
+    dropout_rng = None
+    if not deterministic and config.attention_dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    out_BxLxHxK = dot_product_attention(
+        q_BxLxHxK,
+        k_BxLxHxK,
+        v_BxLxHxK,
+        mask_BxL,
+        config.attention_dropout_rate,
+        dropout_rng,
+    )
     return dense(config.hidden_size, axis=(-2, -1), name="output")(out_BxLxHxK)
 
 

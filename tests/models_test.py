@@ -206,6 +206,88 @@ def test_padding_masked_in_attention():
 
 
 @pytest.mark.parametrize(
+    "batch, heads, seq_len, expected",
+    [
+        (8, 8, 512, 2),  # small_512 at 8 x 512: 8 MiB of scores per sequence
+        (1, 8, 512, 1),
+        (7, 8, 512, 1),  # no divisor of 7 fits two sequences
+        (6, 8, 512, 2),
+        (3, 8, 1024, 1),  # one sequence alone exceeds the budget
+        (64, 4, 128, 64),  # a small model takes the whole batch at once
+    ],
+)
+def test_attention_chunk_size(batch, heads, seq_len, expected):
+  assert models.attention_chunk_size(batch, heads, seq_len, seq_len) == expected
+
+
+def _naive_attention(q, k, v, mask):
+  logits = jnp.einsum("bqhk,bshk->bhqs", q, k)
+  logits = jnp.where(mask[:, None, None, :] > 0, logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1)
+  weights = jnp.where(jnp.isnan(weights), 1.0 / mask.shape[1], weights)
+  return jnp.einsum("bhqs,bshk->bqhk", weights, v)
+
+
+def _attention_operands(batch=6, seq_len=12, heads=2, head_dim=4):
+  q, k, v = (
+      jax.random.normal(jax.random.key(i), (batch, seq_len, heads, head_dim))
+      for i in range(3)
+  )
+  mask = jnp.ones((batch, seq_len), jnp.int32)
+  mask = mask.at[0, 7:].set(0).at[3, 1:].set(0).at[4].set(0)  # row 4 is all padding
+  return q, k, v, mask
+
+
+@pytest.mark.parametrize("chunk_bytes", [2**30, 2 * 2 * 12 * 12 * 4, 1])
+def test_dot_product_attention_chunks_match_naive(monkeypatch, chunk_bytes):
+  # 2**30 runs the batch of 6 at once, 2 * 2 * 12 * 12 * 4 in chunks of 2,
+  # and 1 byte one sequence at a time.
+  monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+  q, k, v, mask = _attention_operands()
+
+  def loss(fn, q, k, v):
+    return jnp.sum(jnp.sin(fn(q, k, v, mask)))
+
+  out = jax.jit(models.dot_product_attention)(q, k, v, mask)
+  np.testing.assert_allclose(out, _naive_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+  # A row of padding alone gives every key the same weight.
+  np.testing.assert_allclose(out[4], jnp.broadcast_to(v[4].mean(0), out[4].shape), atol=1e-6)
+
+  grads = jax.grad(functools.partial(loss, models.dot_product_attention), (0, 1, 2))(q, k, v)
+  naive_grads = jax.grad(functools.partial(loss, _naive_attention), (0, 1, 2))(q, k, v)
+  # The naive softmax of a row of padding alone is NaN, and so are its
+  # gradients. The other rows do not depend on it.
+  for grad, naive_grad in zip(grads, naive_grads):
+    np.testing.assert_allclose(
+        np.delete(grad, 4, axis=0), np.delete(naive_grad, 4, axis=0), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("chunk_bytes", [2**30, 1])
+def test_dot_product_attention_dropout(monkeypatch, chunk_bytes):
+  monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+  q, k, v, mask = _attention_operands()
+  attend = jax.jit(models.dot_product_attention, static_argnums=4)
+
+  first = attend(q, k, v, mask, 0.5, jax.random.key(1))
+  np.testing.assert_array_equal(attend(q, k, v, mask, 0.5, jax.random.key(1)), first)
+  assert not np.allclose(attend(q, k, v, mask, 0.5, jax.random.key(2)), first)
+  # Rate 0 ignores the key, and every chunk draws its own mask.
+  np.testing.assert_array_equal(
+      attend(q, k, v, mask, 0.0, jax.random.key(1)), attend(q, k, v, mask, 0.0, None)
+  )
+  assert not np.allclose(first[1], first[2])
+  # Dropout rescales the kept weights, so the output keeps its mean.
+  wide_q, wide_k, wide_v = (
+      jax.random.normal(jax.random.key(i), (2, 64, 2, 4)) for i in range(3)
+  )
+  wide_mask = jnp.ones((2, 64), jnp.int32)
+  dropped = attend(wide_q, wide_k, wide_v, wide_mask, 0.5, jax.random.key(3))
+  undropped = attend(wide_q, wide_k, wide_v, wide_mask, 0.0, None)
+  np.testing.assert_allclose(dropped.mean(), undropped.mean(), atol=0.05)
+
+
+@pytest.mark.parametrize(
     "ffn, estimator", [("lookup_dense", "score"), ("lookup_dense", "straight_through")]
 )
 def test_ffi_matches_reference(ffn, estimator):
