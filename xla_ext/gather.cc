@@ -102,16 +102,20 @@ constexpr int64_t kPackedMinTasks = 8;
 // a chunk of 1 KiB of consecutive lines is fetched faster than the same
 // bytes as four 256-byte slices read by different tasks at different
 // times. Each task takes kRowTokenTile tokens and one chunk, and prefetches
-// the chunk kRowPrefetchDistance look-ups ahead. In one process on the
+// the chunk into L2 kRowPrefetchDistance look-ups ahead. In one process on the
 // 2-core AMD EPYC (Zen 4, 32 MiB of L3), with T = 128 tables of S = 256
 // rows of 512 entries, chunks ran the float32 gather 1.25x to 1.54x faster
 // from 8 to 256 tokens, as fast at 384 and 0.69x to 0.87x as fast from 512
 // to 1536. There the 64 MiB of tables do not fit L3, and column blocks
 // reuse the slices that L3 keeps. The 32 MiB of bfloat16 tables ran 1.04x
-// to 1.43x faster in chunks at every size from 8 to 1536 tokens.
+// to 1.43x faster in chunks at every size from 8 to 1536 tokens, with the
+// chunk prefetched 4 look-ups ahead into L1. With four sets of tables, so
+// that each call reads them from DRAM, 16 look-ups ahead into L2 ran 1.18x
+// to 1.83x faster than that for float32 from 32 to 256 tokens, and 1.04x to
+// 1.41x for bfloat16 from 32 to 1536. At 8 tokens it was 1 to 2 us slower.
 constexpr int64_t kRowChunk = 256;
 constexpr int64_t kRowTokenTile = 32;
-constexpr int64_t kRowPrefetchDistance = 4;
+constexpr int64_t kRowPrefetchDistance = 16;
 
 // Chunks are used below kPackedMinTokens tokens while each row is read
 // about once at most (N <= S), or while the tables take at most
@@ -153,12 +157,15 @@ const TableT* RowPointer(const GatherShape& s, const TableT* tables,
 }
 
 // Packing prefetches the slice of the row this many rows later, past the
-// end of a table into the next one of the group. The slices are D floats
-// apart, too far for the hardware prefetcher to follow. On the 2-core Xeon,
-// 8 rows ran the 4096-token float32 gather 1.15x faster (14.2 ms to 12.3 ms
-// in one process), 4 and 16 about as fast as 8; at 32768 tokens and with
-// bfloat16 tables it changed nothing measurable.
-constexpr int64_t kPackPrefetchRows = 8;
+// end of a table into the next one of the group, into L2. The slices are D
+// floats apart, too far for the hardware prefetcher to follow. On the
+// 2-core AMD EPYC (Zen 4), with four sets of tables so that each call reads
+// them from DRAM, 16 rows into L2 ran the float32 gather 1.15x to 1.2x
+// faster than 8 rows into L1 from 2048 to 32768 tokens (11.7 ms to 10.1 ms
+// at 4096), and the bfloat16 one 1.1x. A 2-thread copy of the packing
+// alone read 14 GB/s the old way and 22 GB/s into L2. On the 2-core Xeon,
+// 8 rows into L1 had run the float32 gather 1.15x faster than no prefetch.
+constexpr int64_t kPackPrefetchRows = 16;
 
 // Copies the column block at `column` of tables [group, group_end) into
 // `packed`, [group_end - group, S, kColumnBlock].
@@ -173,7 +180,7 @@ void PackColumnBlock(const GatherShape& s, const TableT* tables, int64_t group,
         const char* next =
             reinterpret_cast<const char*>(tables + ahead * s.width + column);
         for (int64_t line = 0; line < kSliceLines<TableT>; ++line) {
-          __builtin_prefetch(next + 64 * line);
+          __builtin_prefetch(next + 64 * line, /*rw=*/0, /*locality=*/1);
         }
       }
       std::memcpy(packed + ((t - group) * s.table_rows + r) * kColumnBlock,
@@ -340,10 +347,11 @@ __attribute__((always_inline)) inline void PrefetchTokenCodes(
 
 // Prefetches kLines cache lines of the row read `distance` look-ups after
 // table t, where codes_n are the current token's codes in tables
-// [group, group_end). Past group_end the count goes on in the next token's
-// codes, codes_next. The last token passes its own, so it refetches its
-// own rows. row_at(t, code) returns the row's first element.
-template <int64_t kLines, typename RowAt>
+// [group, group_end), with the _mm_prefetch hint kHint. Past group_end the
+// count goes on in the next token's codes, codes_next. The last token
+// passes its own, so it refetches its own rows. row_at(t, code) returns the
+// row's first element.
+template <int64_t kLines, int kHint, typename RowAt>
 __attribute__((always_inline)) inline void PrefetchLookupAhead(
     int64_t t, int64_t distance, int64_t group, int64_t group_end,
     const int32_t* codes_n, const int32_t* codes_next, RowAt row_at) {
@@ -357,7 +365,7 @@ __attribute__((always_inline)) inline void PrefetchLookupAhead(
     const char* next =
         reinterpret_cast<const char*>(row_at(ahead, codes_ahead[ahead]));
     for (int64_t line = 0; line < kLines; ++line) {
-      _mm_prefetch(next + 64 * line, _MM_HINT_T0);
+      _mm_prefetch(next + 64 * line, static_cast<decltype(_MM_HINT_T0)>(kHint));
     }
   }
 }
@@ -368,8 +376,9 @@ __attribute__((always_inline)) inline void PrefetchLookupAhead(
 // weighted rows of the group added, then the 64 floats at `bias` unless
 // that is null, and is stored to out + i * out_stride. row_at(t, code)
 // returns the first element of that row's block, in the tables or in a
-// packed copy of the group's blocks.
-template <typename TableT, typename RowAt>
+// packed copy of the group's blocks. Each row is prefetched kDistance
+// look-ups ahead with the _mm_prefetch hint kHint.
+template <typename TableT, int kHint, int64_t kDistance, typename RowAt>
 __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     const GatherShape& s, const int32_t* codes, const float* weights,
     int64_t group, int64_t group_end, int64_t begin, int64_t end,
@@ -388,9 +397,8 @@ __attribute__((target("avx2,fma"))) void GatherGroupAvx2(
     PrefetchTokenCodes(s, codes, weights, group, group_end, n, end);
     for (int64_t t = group; t < group_end; ++t) {
       const TableT* row = row_at(t, codes_n[t]);
-      PrefetchLookupAhead<kSliceLines<TableT>>(t, kPrefetchDistance, group,
-                                               group_end, codes_n,
-                                               codes_next, row_at);
+      PrefetchLookupAhead<kSliceLines<TableT>, kHint>(
+          t, kDistance, group, group_end, codes_n, codes_next, row_at);
       const __m256 w = _mm256_set1_ps(weights_n[t]);
       for (int k = 0; k < 8; ++k) {
         acc[k] = _mm256_fmadd_ps(w, Load8(row + 8 * k), acc[k]);
@@ -420,7 +428,7 @@ __attribute__((target("avx512f,avx2,fma"))) inline __m512 Load16(
 // GatherGroupAvx2 with the column block in 4 AVX-512 registers: the same
 // FMA chain per output element, so bitwise the same sums, and the same
 // prefetch.
-template <typename TableT, typename RowAt>
+template <typename TableT, int kHint, int64_t kDistance, typename RowAt>
 __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
     const GatherShape& s, const int32_t* codes, const float* weights,
     int64_t group, int64_t group_end, int64_t begin, int64_t end,
@@ -439,9 +447,8 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherGroupAvx512(
     PrefetchTokenCodes(s, codes, weights, group, group_end, n, end);
     for (int64_t t = group; t < group_end; ++t) {
       const TableT* row = row_at(t, codes_n[t]);
-      PrefetchLookupAhead<kSliceLines<TableT>>(t, kPrefetchDistance, group,
-                                               group_end, codes_n,
-                                               codes_next, row_at);
+      PrefetchLookupAhead<kSliceLines<TableT>, kHint>(
+          t, kDistance, group, group_end, codes_n, codes_next, row_at);
       const __m512 w = _mm512_set1_ps(weights_n[t]);
       for (int k = 0; k < 4; ++k) {
         acc[k] = _mm512_fmadd_ps(w, Load16(row + 16 * k), acc[k]);
@@ -478,8 +485,8 @@ __attribute__((target("avx512f,avx2,fma"))) void GatherRowChunkAvx512(
     const float* weights_n = weights + n * s.tables;
     const int32_t* codes_next = codes + std::min(n + 1, end - 1) * s.tables;
     for (int64_t t = 0; t < s.tables; ++t) {
-      PrefetchLookupAhead<kChunkLines>(t, kRowPrefetchDistance, 0, s.tables,
-                                       codes_n, codes_next, chunk_at);
+      PrefetchLookupAhead<kChunkLines, _MM_HINT_T1>(
+          t, kRowPrefetchDistance, 0, s.tables, codes_n, codes_next, chunk_at);
       const TableT* row = chunk_at(t, codes_n[t]);
       const __m512 w = _mm512_set1_ps(weights_n[t]);
       for (int k = 0; k < kVectors; ++k) {
@@ -520,20 +527,38 @@ void GatherRowChunk(const GatherShape& s, const int32_t* codes,
 }
 
 // GatherGroupAvx512 where the CPU supports it, else GatherGroupAvx2.
-template <typename TableT, typename RowAt>
+template <typename TableT, int kHint, int64_t kDistance, typename RowAt>
 void GatherGroup(const GatherShape& s, const int32_t* codes,
                  const float* weights, int64_t group, int64_t group_end,
                  int64_t begin, int64_t end, const float* in,
                  int64_t in_stride, float* out, int64_t out_stride,
                  const float* bias, RowAt row_at) {
   if (simd::Avx512Active()) {
-    return GatherGroupAvx512<TableT>(s, codes, weights, group, group_end,
-                                     begin, end, in, in_stride, out,
-                                     out_stride, bias, row_at);
+    return GatherGroupAvx512<TableT, kHint, kDistance>(
+        s, codes, weights, group, group_end, begin, end, in, in_stride, out,
+        out_stride, bias, row_at);
   }
-  GatherGroupAvx2<TableT>(s, codes, weights, group, group_end, begin, end, in,
-                          in_stride, out, out_stride, bias, row_at);
+  GatherGroupAvx2<TableT, kHint, kDistance>(s, codes, weights, group,
+                                            group_end, begin, end, in,
+                                            in_stride, out, out_stride, bias,
+                                            row_at);
 }
+
+// Rows read in place come from L3 or DRAM. Float32 rows are prefetched
+// into L2 one token ahead (kTableGroup look-ups), and bfloat16 rows into L1
+// kPrefetchDistance look-ups ahead, like the rows of a packed group. On the
+// 2-core AMD EPYC (Zen 4), with four sets of tables, the float32 setting
+// ran the float32 gather 1.06x to 1.31x faster from 8 to 1536 tokens with
+// either kernel. It ran the bfloat16 one 0.89x to 1.33x as fast, slower
+// below 256 tokens.
+template <typename TableT>
+constexpr int kInPlaceHint = _MM_HINT_T0;
+template <>
+constexpr int kInPlaceHint<float> = _MM_HINT_T1;
+template <typename TableT>
+constexpr int64_t kInPlaceDistance = kPrefetchDistance;
+template <>
+constexpr int64_t kInPlaceDistance<float> = kTableGroup;
 
 // GatherGroup over every table group, reading the tables in place and
 // accumulating in y. The last group adds the bias block at `bias` unless it
@@ -549,10 +574,10 @@ void GatherBlockInPlace(const GatherShape& s, const int32_t* codes,
   float* y_block = y + begin * s.width + column;
   for (int64_t group = 0; group < s.tables; group += kTableGroup) {
     const int64_t group_end = std::min(group + kTableGroup, s.tables);
-    GatherGroup<TableT>(s, codes, weights, group, group_end, begin, end,
-                        group == 0 ? nullptr : y_block, s.width, y_block,
-                        s.width, group_end == s.tables ? bias : nullptr,
-                        table_row);
+    GatherGroup<TableT, kInPlaceHint<TableT>, kInPlaceDistance<TableT>>(
+        s, codes, weights, group, group_end, begin, end,
+        group == 0 ? nullptr : y_block, s.width, y_block, s.width,
+        group_end == s.tables ? bias : nullptr, table_row);
   }
 }
 
@@ -783,7 +808,7 @@ void GatherRowsTyped(ffi::ThreadPool& pool, const GatherShape& s,
                  ((t - group) * s.table_rows + code) * kColumnBlock;
         };
         const bool last = group_end == s.tables;
-        GatherGroup<TableT>(
+        GatherGroup<TableT, _MM_HINT_T0, kPrefetchDistance>(
             s, codes, weights, group, group_end, begin, end,
             group == 0 ? nullptr : partial.data(), kColumnBlock,
             last ? y + begin * s.width + column : partial.data(),
