@@ -205,12 +205,12 @@ def make_ffn(config: RobertaConfig, name: str = "ffn") -> nn.Module:
 
 
 # Largest float32 score block [sequences, heads, seq, seq] that attention
-# computes at once. Larger batches run in chunks of whole sequences. At 8 x
-# 512 tokens with 8 heads (64 MiB of scores) on a 2-core AMD EPYC with 32 MiB
-# of L3, chunks of 16 MiB ran the attention 1.5x faster than one block, and
-# 1.4x and 1.65x faster than chunks of 8 and 32 MiB. One block also took
-# fresh pages on every call: 171,000 page faults per call of the model,
-# 40,000 with chunks.
+# computes at once. Larger batches run in chunks of whole sequences. The
+# small_512 model at 8 x 512 tokens has 64 MiB of scores per layer. There,
+# on a 2-core AMD EPYC with 32 MiB of L3, chunks of 16 MiB ran the attention
+# 1.5x faster than one block, and 1.4x and 1.65x faster than chunks of 8
+# and 32 MiB. One block also took fresh pages on every call: 171,000 page
+# faults per call of the model, 40,000 with chunks.
 ATTENTION_CHUNK_BYTES = 16 * 2**20
 
 
@@ -218,9 +218,12 @@ def attention_chunk_size(batch: int, num_heads: int, q_len: int, k_len: int) -> 
   """Returns how many sequences `dot_product_attention` takes at once.
 
   The largest divisor of `batch` whose float32 scores fit in
-  `ATTENTION_CHUNK_BYTES`, and 1 when one sequence alone does not.
+  `ATTENTION_CHUNK_BYTES`, 1 when one sequence alone does not, and `batch`
+  itself for an empty batch.
   """
-  per_sequence = num_heads * q_len * k_len * 4
+  if batch < 1:
+    return batch
+  per_sequence = max(num_heads * q_len * k_len * 4, 1)
   fit = max(1, ATTENTION_CHUNK_BYTES // per_sequence)
   return max(d for d in range(1, min(fit, batch) + 1) if batch % d == 0)
 
@@ -259,8 +262,27 @@ def dot_product_attention(
   when `dropout_rng` is given, and chunk i draws its mask from
   `fold_in(dropout_rng, i)`.
   """
-  batch, q_len, num_heads, _ = q_BxLxHxK.shape
-  chunk = attention_chunk_size(batch, num_heads, q_len, k_BxLxHxK.shape[1])
+  if q_BxLxHxK.ndim != 4 or k_BxLxHxK.ndim != 4 or v_BxLxHxK.ndim != 4:
+    raise ValueError(
+        f"q, k and v must have shape [batch, seq, heads, head_dim], got"
+        f" {q_BxLxHxK.shape}, {k_BxLxHxK.shape} and {v_BxLxHxK.shape}"
+    )
+  batch, q_len, num_heads, head_dim = q_BxLxHxK.shape
+  k_len = k_BxLxHxK.shape[1]
+  if (
+      k_BxLxHxK.shape != (batch, k_len, num_heads, head_dim)
+      or v_BxLxHxK.shape[:3] != (batch, k_len, num_heads)
+      or mask_BxL.shape != (batch, k_len)
+  ):
+    raise ValueError(
+        f"k {k_BxLxHxK.shape} must match q {q_BxLxHxK.shape} in batch, heads"
+        f" and head_dim, v {v_BxLxHxK.shape} must match k in batch, seq and"
+        f" heads, and mask {mask_BxL.shape} must be [batch, number of keys] ="
+        f" {(batch, k_len)}"
+    )
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+  chunk = attention_chunk_size(batch, num_heads, q_len, k_len)
   if dropout_rng is not None and dropout_rate == 0.0:
     dropout_rng = None
   if chunk == batch:

@@ -214,6 +214,7 @@ def test_padding_masked_in_attention():
         (6, 8, 512, 2),
         (3, 8, 1024, 1),  # one sequence alone exceeds the budget
         (64, 4, 128, 64),  # a small model takes the whole batch at once
+        (0, 8, 512, 0),
     ],
 )
 def test_attention_chunk_size(batch, heads, seq_len, expected):
@@ -261,6 +262,36 @@ def test_dot_product_attention_chunks_match_naive(monkeypatch, chunk_bytes):
     np.testing.assert_allclose(
         np.delete(grad, 4, axis=0), np.delete(naive_grad, 4, axis=0), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        (((2, 5, 3), (2, 5, 3), (2, 5, 3), (2, 5)), "must have shape"),
+        (((2, 5, 3, 4), (2, 6, 3, 8), (2, 6, 3, 4), (2, 6)), "must match q"),
+        (((2, 5, 3, 4), (2, 6, 3, 4), (2, 5, 3, 4), (2, 6)), "must match k"),
+        (
+            ((2, 5, 3, 4), (2, 6, 3, 4), (2, 6, 3, 4), (2, 5)),
+            r"must be \[batch, number of keys\]",
+        ),
+    ],
+)
+def test_dot_product_attention_rejects_shapes(shapes, message):
+  q, k, v, mask = (jnp.ones(shape) for shape in shapes)
+  with pytest.raises(ValueError, match=message):
+    models.dot_product_attention(q, k, v, mask)
+
+
+@pytest.mark.parametrize("rate", [1.0, -0.5])
+def test_dot_product_attention_rejects_dropout_rate(rate):
+  q, k, v, mask = _attention_operands()
+  with pytest.raises(ValueError, match=f"dropout_rate must be in \\[0, 1\\), got {rate}"):
+    models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
+
+
+def test_dot_product_attention_empty_batch():
+  q, k, v, mask = (a[:0] for a in _attention_operands())
+  assert models.dot_product_attention(q, k, v, mask).shape == (0, 12, 2, 4)
 
 
 @pytest.mark.parametrize("chunk_bytes", [2**30, 1])
