@@ -229,14 +229,17 @@ def attention_chunk_size(batch: int, num_heads: int, q_len: int, k_len: int) -> 
 
 
 def _attention_block(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL, dropout_rate, dropout_rng):
-  # Softmax runs in float32 because bf16, with 8 bits of precision, loses
-  # the small terms of a long row's normaliser. Padded keys get -1e30 added:
-  # exp of it is exactly 0, a row of padding alone stays finite (uniform
-  # weights), and XLA fuses the addition into the softmax, which it does
-  # not do for a select.
-  logits_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK)
-  key_bias_Bx1x1xL = jnp.where(mask_BxL.astype(bool), 0.0, -1e30)[:, None, None, :]
-  logits_BxHxLxL = logits_BxHxLxL.astype(jnp.float32) + key_bias_Bx1x1xL
+  # The logits and the softmax are float32 because bf16, with 8 bits of
+  # precision, loses the small terms of a long row's normaliser. Padded keys
+  # get the lowest float32 added: exp of it is exactly 0, a row of padding
+  # alone stays finite (uniform weights), and XLA fuses the addition into
+  # the softmax, which it does not do for a select.
+  logits_BxHxLxL = jnp.einsum(
+      "bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32
+  )
+  lowest = jnp.finfo(jnp.float32).min
+  key_bias_Bx1x1xL = jnp.where(mask_BxL.astype(bool), 0.0, lowest)[:, None, None, :]
+  logits_BxHxLxL = logits_BxHxLxL + key_bias_Bx1x1xL
   weights_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
   if dropout_rng is not None:
     keep_prob = 1.0 - dropout_rate
@@ -256,7 +259,9 @@ def dot_product_attention(
 ) -> jax.Array:
   """Returns softmax(q k^T) v over the keys that `mask_BxL` marks as real.
 
-  `q` is expected to be scaled already. Batches whose scores exceed
+  `q` is expected to be scaled already. `mask_BxL` is nonzero at real keys
+  and 0 at padding, and `dropout_rate` is a Python float, static under
+  `jax.jit`. Batches whose scores exceed
   `ATTENTION_CHUNK_BYTES` run through `jax.lax.map` in chunks of
   `attention_chunk_size` sequences. Dropout applies to the attention weights
   when `dropout_rng` is given, and chunk i draws its mask from
@@ -279,6 +284,11 @@ def dot_product_attention(
         f" and head_dim, v {v_BxLxHxK.shape} must match k in batch, seq and"
         f" heads, and mask {mask_BxL.shape} must be [batch, number of keys] ="
         f" {(batch, k_len)}"
+    )
+  if isinstance(dropout_rate, jax.core.Tracer):
+    raise TypeError(
+        "dropout_rate must be a Python float, not a traced value; under"
+        " jax.jit mark it static (static_argnums or static_argnames)"
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")

@@ -289,6 +289,29 @@ def test_dot_product_attention_rejects_dropout_rate(rate):
     models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
 
 
+def test_dot_product_attention_rejects_traced_dropout_rate():
+  q, k, v, mask = _attention_operands()
+  with pytest.raises(TypeError, match="dropout_rate must be a Python float"):
+    jax.jit(models.dot_product_attention)(q, k, v, mask, 0.5, jax.random.key(0))
+
+
+def test_dot_product_attention_bf16_logits_in_float32():
+  # The logits here reach 78. Rounded to bf16 before the softmax they put
+  # the output 0.041 off. In float32 only the inputs, the weights and the
+  # output are rounded, 0.009 off.
+  q, k, v, mask = _attention_operands()
+  q = q * 8.0
+  q16, k16, v16 = (a.astype(jnp.bfloat16) for a in (q, k, v))
+  out = models.dot_product_attention(q16, k16, v16, mask)
+  exact = _naive_attention(*(a.astype(jnp.float32) for a in (q16, k16, v16)), mask)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(
+      np.delete(out.astype(jnp.float32), 4, axis=0),
+      np.delete(exact, 4, axis=0),
+      atol=0.02,
+  )
+
+
 def test_dot_product_attention_empty_batch():
   q, k, v, mask = (a[:0] for a in _attention_operands())
   assert models.dot_product_attention(q, k, v, mask).shape == (0, 12, 2, 4)
