@@ -261,11 +261,10 @@ def dot_product_attention(
 
   `q` is expected to be scaled already. `mask_BxL` is nonzero at real keys
   and 0 at padding, and `dropout_rate` is a Python float, static under
-  `jax.jit`. Batches whose scores exceed
-  `ATTENTION_CHUNK_BYTES` run through `jax.lax.map` in chunks of
-  `attention_chunk_size` sequences. Dropout applies to the attention weights
-  when `dropout_rng` is given, and chunk i draws its mask from
-  `fold_in(dropout_rng, i)`.
+  `jax.jit`. Batches whose scores exceed `ATTENTION_CHUNK_BYTES` run through
+  `jax.lax.map` in chunks of `attention_chunk_size` sequences. Dropout
+  applies to the attention weights when `dropout_rng` is given, and chunk i
+  draws its mask from `fold_in(dropout_rng, i)`.
   """
   if q_BxLxHxK.ndim != 4 or k_BxLxHxK.ndim != 4 or v_BxLxHxK.ndim != 4:
     raise ValueError(
