@@ -109,9 +109,9 @@ constexpr int64_t kPackedMinTasks = 8;
 // to 1536. There the 64 MiB of tables do not fit L3, and column blocks
 // reuse the slices that L3 keeps. The 32 MiB of bfloat16 tables ran 1.04x
 // to 1.43x faster in chunks at every size from 8 to 1536 tokens, with the
-// chunk prefetched 4 look-ups ahead into L1. With four sets of tables, so
-// that each call reads them from DRAM, 16 look-ups ahead into L2 ran 1.18x
-// to 1.83x faster than that for float32 from 32 to 256 tokens, and 1.04x to
+// chunk prefetched 4 look-ups ahead into L1. Timed with four sets of tables,
+// so that each call reads them from DRAM, 16 look-ups ahead into L2 is
+// faster: 1.18x to 1.83x for float32 from 32 to 256 tokens, and 1.04x to
 // 1.41x for bfloat16 from 32 to 1536. At 8 tokens it was 1 to 2 us slower.
 constexpr int64_t kRowChunk = 256;
 constexpr int64_t kRowTokenTile = 32;
@@ -158,11 +158,11 @@ const TableT* RowPointer(const GatherShape& s, const TableT* tables,
 
 // Packing prefetches the slice of the row this many rows later, past the
 // end of a table into the next one of the group, into L2. The slices are D
-// floats apart, too far for the hardware prefetcher to follow. On the
-// 2-core AMD EPYC (Zen 4), with four sets of tables so that each call reads
-// them from DRAM, 16 rows into L2 ran the float32 gather 1.15x to 1.2x
-// faster than 8 rows into L1 from 2048 to 32768 tokens (11.7 ms to 10.1 ms
-// at 4096), and the bfloat16 one 1.1x. A 2-thread copy of the packing
+// floats apart, too far for the hardware prefetcher to follow. This was
+// timed on the 2-core AMD EPYC (Zen 4) with four sets of tables, so that
+// each call reads them from DRAM. 16 rows into L2 ran the float32 gather
+// 1.15x to 1.2x faster than 8 rows into L1 from 2048 to 32768 tokens (11.7
+// ms to 10.1 ms at 4096), and the bfloat16 one 1.1x. A 2-thread copy of the packing
 // alone read 14 GB/s the old way and 22 GB/s into L2. On the 2-core Xeon,
 // 8 rows into L1 had run the float32 gather 1.15x faster than no prefetch.
 constexpr int64_t kPackPrefetchRows = 16;
