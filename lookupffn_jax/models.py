@@ -232,8 +232,9 @@ def _attention_block(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL, dropout_rate, dr
   # The logits and the softmax are float32 because bf16, with 8 bits of
   # precision, loses the small terms of a long row's normaliser. Padded keys
   # get the lowest float32 added: exp of it is exactly 0, a row of padding
-  # alone stays finite (uniform weights), and XLA fuses the addition into
-  # the softmax, which it does not do for a select.
+  # alone stays finite (uniform weights while the logits stay far below
+  # 1e31), and XLA fuses the addition into the softmax, which it does not
+  # do for a select.
   logits_BxHxLxL = jnp.einsum(
       "bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK, preferred_element_type=jnp.float32
   )
@@ -286,8 +287,8 @@ def dot_product_attention(
     )
   if isinstance(dropout_rate, jax.core.Tracer):
     raise TypeError(
-        "dropout_rate must be a Python float, not a traced value; under"
-        " jax.jit mark it static (static_argnums or static_argnames)"
+        "dropout_rate must be a Python float, not a traced value. Under"
+        " jax.jit, mark it static (static_argnums or static_argnames)."
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")

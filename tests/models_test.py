@@ -240,7 +240,7 @@ def _attention_operands(batch=6, seq_len=12, heads=2, head_dim=4):
 
 
 @pytest.mark.parametrize("chunk_bytes", [2**30, 2 * 2 * 12 * 12 * 4, 1])
-def test_dot_product_attention_chunks_match_naive(monkeypatch, chunk_bytes):
+def test_attention_chunks_match_naive(monkeypatch, chunk_bytes):
   # 2**30 runs the batch of 6 at once, 2 * 2 * 12 * 12 * 4 in chunks of 2,
   # and 1 byte one sequence at a time.
   monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
@@ -276,26 +276,26 @@ def test_dot_product_attention_chunks_match_naive(monkeypatch, chunk_bytes):
         ),
     ],
 )
-def test_dot_product_attention_rejects_shapes(shapes, message):
+def test_attention_rejects_bad_shapes(shapes, message):
   q, k, v, mask = (jnp.ones(shape) for shape in shapes)
   with pytest.raises(ValueError, match=message):
     models.dot_product_attention(q, k, v, mask)
 
 
 @pytest.mark.parametrize("rate", [1.0, -0.5])
-def test_dot_product_attention_rejects_dropout_rate(rate):
+def test_attention_rejects_dropout_rate(rate):
   q, k, v, mask = _attention_operands()
   with pytest.raises(ValueError, match=f"dropout_rate must be in \\[0, 1\\), got {rate}"):
     models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
 
 
-def test_dot_product_attention_rejects_traced_dropout_rate():
+def test_attention_rejects_traced_rate():
   q, k, v, mask = _attention_operands()
   with pytest.raises(TypeError, match="dropout_rate must be a Python float"):
     jax.jit(models.dot_product_attention)(q, k, v, mask, 0.5, jax.random.key(0))
 
 
-def test_dot_product_attention_bf16_logits_in_float32():
+def test_attention_bf16_logits_float32():
   # The logits here reach 78. Rounded to bf16 before the softmax they put
   # the output 0.041 off. In float32 only the inputs, the weights and the
   # output are rounded, 0.009 off.
@@ -312,13 +312,13 @@ def test_dot_product_attention_bf16_logits_in_float32():
   )
 
 
-def test_dot_product_attention_empty_batch():
+def test_attention_empty_batch():
   q, k, v, mask = (a[:0] for a in _attention_operands())
   assert models.dot_product_attention(q, k, v, mask).shape == (0, 12, 2, 4)
 
 
 @pytest.mark.parametrize("chunk_bytes", [2**30, 1])
-def test_dot_product_attention_dropout(monkeypatch, chunk_bytes):
+def test_attention_dropout(monkeypatch, chunk_bytes):
   monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
   q, k, v, mask = _attention_operands()
   attend = jax.jit(models.dot_product_attention, static_argnums=4)

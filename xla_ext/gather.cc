@@ -46,9 +46,10 @@ constexpr int64_t kTableGroup = 32;
 constexpr int64_t kTokenTile = 256;
 
 // The forward gather prefetches the row slice it will read this many
-// look-ups later. In benchmarks/ on the 2-core development machine, 16 ran
-// the float32 gather about 10% faster than no prefetch, and 4, 24, 31 or a
-// whole token ahead were no faster or slower.
+// look-ups later into L1, where the rows are in a packed group. In
+// benchmarks/ on the 2-core development machine, 16 ran the float32 gather
+// about 10% faster than no prefetch, and 4, 24, 31 or a whole token ahead
+// were no faster or slower.
 constexpr int64_t kPrefetchDistance = 16;
 
 // The gather also prefetches the codes and weights of a group this many
@@ -98,21 +99,21 @@ constexpr int64_t kPackedMinTasks = 8;
 
 // With few tokens per table row the AVX-512 gather reads whole chunks of
 // kRowChunk floats of each row, 16 registers of accumulators, instead of
-// 64-column blocks (UseRowChunks). The rows then come from L3 or DRAM, and
-// a chunk of 1 KiB of consecutive lines is fetched faster than the same
-// bytes as four 256-byte slices read by different tasks at different
-// times. Each task takes kRowTokenTile tokens and one chunk, and prefetches
-// the chunk into L2 kRowPrefetchDistance look-ups ahead. In one process on the
-// 2-core AMD EPYC (Zen 4, 32 MiB of L3), with T = 128 tables of S = 256
-// rows of 512 entries, chunks ran the float32 gather 1.25x to 1.54x faster
-// from 8 to 256 tokens, as fast at 384 and 0.69x to 0.87x as fast from 512
-// to 1536. There the 64 MiB of tables do not fit L3, and column blocks
-// reuse the slices that L3 keeps. The 32 MiB of bfloat16 tables ran 1.04x
-// to 1.43x faster in chunks at every size from 8 to 1536 tokens, with the
-// chunk prefetched 4 look-ups ahead into L1. Timed with four sets of tables,
-// so that each call reads them from DRAM, 16 look-ups ahead into L2 is
-// faster: 1.18x to 1.83x for float32 from 32 to 256 tokens, and 1.04x to
-// 1.41x for bfloat16 from 32 to 1536. At 8 tokens it was 1 to 2 us slower.
+// 64-column blocks (UseRowChunks). The rows then come from L3 or DRAM, and a
+// chunk of 1 KiB of consecutive lines is fetched faster than the same bytes as
+// four 256-byte slices read by different tasks at different times. Each task
+// takes kRowTokenTile tokens and one chunk, and prefetches the chunk into L2
+// kRowPrefetchDistance look-ups ahead. In one process on the 2-core AMD EPYC
+// (Zen 4, 32 MiB of L3), with T = 128 tables of S = 256 rows of 512 entries,
+// chunks ran the float32 gather 1.25x to 1.54x faster from 8 to 256 tokens, as
+// fast at 384 and 0.69x to 0.87x as fast from 512 to 1536. There the 64 MiB of
+// tables do not fit L3, and column blocks reuse the slices that L3 keeps. The
+// 32 MiB of bfloat16 tables ran 1.04x to 1.43x faster in chunks at every size
+// from 8 to 1536 tokens, with the chunk prefetched 4 look-ups ahead into L1.
+// Timed with four sets of tables, so that each call reads them from DRAM, 16
+// look-ups ahead into L2 is faster: 1.18x to 1.83x for float32 from 32 to 256
+// tokens, and 1.04x to 1.41x for bfloat16 from 32 to 1536. At 8 tokens it was 1
+// to 2 us slower.
 constexpr int64_t kRowChunk = 256;
 constexpr int64_t kRowTokenTile = 32;
 constexpr int64_t kRowPrefetchDistance = 16;
@@ -156,15 +157,15 @@ const TableT* RowPointer(const GatherShape& s, const TableT* tables,
   return tables + (table * s.table_rows + code) * s.width;
 }
 
-// Packing prefetches the slice of the row this many rows later, past the
-// end of a table into the next one of the group, into L2. The slices are D
-// floats apart, too far for the hardware prefetcher to follow. This was
-// timed on the 2-core AMD EPYC (Zen 4) with four sets of tables, so that
-// each call reads them from DRAM. 16 rows into L2 ran the float32 gather
-// 1.15x to 1.2x faster than 8 rows into L1 from 2048 to 32768 tokens (11.7
-// ms to 10.1 ms at 4096), and the bfloat16 one 1.1x. A 2-thread copy of the packing
-// alone read 14 GB/s the old way and 22 GB/s into L2. On the 2-core Xeon,
-// 8 rows into L1 had run the float32 gather 1.15x faster than no prefetch.
+// Packing prefetches the slice of the row this many rows later, past the end of
+// a table into the next one of the group, into L2. The slices are D floats
+// apart, too far for the hardware prefetcher to follow. This was timed on the
+// 2-core AMD EPYC (Zen 4) with four sets of tables, so that each call reads
+// them from DRAM. 16 rows into L2 ran the float32 gather 1.15x to 1.2x faster
+// than 8 rows into L1 from 2048 to 32768 tokens (11.7 ms to 10.1 ms at 4096),
+// and the bfloat16 one 1.1x. A 2-thread copy of the packing alone read 14 GB/s
+// the old way and 22 GB/s into L2. On the 2-core Xeon, 8 rows into L1 had run
+// the float32 gather 1.15x faster than no prefetch.
 constexpr int64_t kPackPrefetchRows = 16;
 
 // Copies the column block at `column` of tables [group, group_end) into
