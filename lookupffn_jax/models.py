@@ -205,27 +205,39 @@ def make_ffn(config: RobertaConfig, name: str = "ffn") -> nn.Module:
 
 
 # Largest float32 score block [sequences, heads, seq, seq] that attention
-# computes at once. Larger batches run in chunks of whole sequences. The
-# small_512 model at 8 x 512 tokens has 64 MiB of scores per layer. There,
-# on a 2-core AMD EPYC with 32 MiB of L3, chunks of 16 MiB ran the attention
-# 1.5x faster than one block, and 1.4x and 1.65x faster than chunks of 8
-# and 32 MiB. One block also took fresh pages on every call: 171,000 page
-# faults per call of the model, 40,000 with chunks.
-ATTENTION_CHUNK_BYTES = 16 * 2**20
+# computes at once. Larger batches run in chunks of whole sequences, or of
+# the heads of one sequence when a sequence's scores alone exceed it. The
+# small_512 model at 8 x 512 tokens has 64 MiB of scores per layer, 1 MiB
+# per head. There, on a 2-core AMD EPYC with 32 MiB of L3, chunks of 16 MiB
+# (two sequences) ran the attention 1.5x faster than one block. One block
+# also took fresh pages on every call: 171,000 page faults per call of the
+# model, 40,000 with chunks. Chunks of 2 or 4 MiB (heads of one sequence)
+# ran the model without FFN blocks 2% faster than chunks of 16 MiB, while 1
+# and 8 MiB were as fast as 16.
+ATTENTION_CHUNK_BYTES = 2 * 2**20
 
 
-def attention_chunk_size(batch: int, num_heads: int, q_len: int, k_len: int) -> int:
-  """Returns how many sequences `dot_product_attention` takes at once.
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  return max(d for d in range(1, max(1, min(limit, n)) + 1) if n % d == 0)
 
-  The largest divisor of `batch` whose float32 scores fit in
-  `ATTENTION_CHUNK_BYTES`, 1 when one sequence alone does not, and `batch`
-  itself for an empty batch.
+
+def attention_chunk_shape(
+    batch: int, num_heads: int, q_len: int, k_len: int
+) -> tuple[int, int]:
+  """Returns the (sequences, heads) that `dot_product_attention` takes at once.
+
+  When one sequence's float32 scores fit in `ATTENTION_CHUNK_BYTES`, a chunk
+  is all heads of the largest divisor of `batch` sequences that fits.
+  Otherwise it is one sequence and the largest divisor of `num_heads` heads
+  that fits, 1 when one head alone does not. An empty batch is one chunk.
   """
   if batch < 1:
-    return batch
-  per_sequence = max(num_heads * q_len * k_len * 4, 1)
-  fit = max(1, ATTENTION_CHUNK_BYTES // per_sequence)
-  return max(d for d in range(1, min(fit, batch) + 1) if batch % d == 0)
+    return batch, num_heads
+  per_head = max(q_len * k_len * 4, 1)
+  fit_heads = ATTENTION_CHUNK_BYTES // per_head
+  if fit_heads >= num_heads:
+    return _largest_divisor_at_most(batch, fit_heads // max(num_heads, 1)), num_heads
+  return 1, _largest_divisor_at_most(num_heads, fit_heads)
 
 
 def _attention_block(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, mask_BxL, dropout_rate, dropout_rng):
@@ -263,9 +275,10 @@ def dot_product_attention(
   `q` is expected to be scaled already. `mask_BxL` is nonzero at real keys
   and 0 at padding, and `dropout_rate` is a Python float, static under
   `jax.jit`. Batches whose scores exceed `ATTENTION_CHUNK_BYTES` run through
-  `jax.lax.map` in chunks of `attention_chunk_size` sequences. Dropout
-  applies to the attention weights when `dropout_rng` is given, and chunk i
-  draws its mask from `fold_in(dropout_rng, i)`.
+  `jax.lax.map` in chunks of the (sequences, heads) that
+  `attention_chunk_shape` gives. Dropout applies to the attention weights
+  when `dropout_rng` is given, and chunk i draws its mask from
+  `fold_in(dropout_rng, i)`.
   """
   if q_BxLxHxK.ndim != 4 or k_BxLxHxK.ndim != 4 or v_BxLxHxK.ndim != 4:
     raise ValueError(
@@ -292,7 +305,7 @@ def dot_product_attention(
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-  chunk = attention_chunk_size(batch, num_heads, q_len, k_len)
+  chunk_sequences, chunk_heads = attention_chunk_shape(batch, num_heads, q_len, k_len)
   if dropout_rng is not None and dropout_rate == 0.0:
     dropout_rng = None
   # The block takes heads-first [batch, heads, seq, head_dim] operands,
@@ -306,15 +319,24 @@ def dot_product_attention(
   # 1.1x faster and the model without FFN blocks 1.07x faster.
   heads_first = lambda a: jnp.swapaxes(a, 1, 2)
   q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = map(heads_first, (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
-  if chunk == batch:
+  if (chunk_sequences, chunk_heads) == (batch, num_heads):
     out_BxHxLxK = _attention_block(
         q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, mask_BxL, dropout_rate, dropout_rng
     )
     return heads_first(out_BxHxLxK)
 
-  num_chunks = batch // chunk
-  split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
-  operands = (split(q_BxHxLxK), split(k_BxHxLxK), split(v_BxHxLxK), split(mask_BxL))
+  # A chunk is either whole sequences or heads of one sequence, so in the
+  # heads-first layout each chunk is contiguous and a reshape splits them.
+  head_groups = num_heads // chunk_heads
+  num_chunks = batch // chunk_sequences * head_groups
+  split = lambda a: a.reshape(num_chunks, chunk_sequences, chunk_heads, *a.shape[2:])
+  mask_per_chunk = jnp.repeat(mask_BxL, head_groups, axis=0)
+  operands = (
+      split(q_BxHxLxK),
+      split(k_BxHxLxK),
+      split(v_BxHxLxK),
+      mask_per_chunk.reshape(num_chunks, chunk_sequences, k_len),
+  )
   if dropout_rng is not None:
     operands += (jax.vmap(functools.partial(jax.random.fold_in, dropout_rng))(
         jnp.arange(num_chunks)),)
@@ -324,7 +346,7 @@ def dot_product_attention(
     return _attention_block(q, k, v, mask, dropout_rate, rng[0] if rng else None)
 
   out = jax.lax.map(one_chunk, operands)
-  return heads_first(out.reshape((batch,) + out.shape[2:]))
+  return heads_first(out.reshape((batch, num_heads) + out.shape[3:]))
 
 
 class SelfAttention(nn.Module):

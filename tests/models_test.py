@@ -208,17 +208,19 @@ def test_padding_masked_in_attention():
 @pytest.mark.parametrize(
     "batch, heads, seq_len, expected",
     [
-        (8, 8, 512, 2),  # small_512 at 8 x 512: 8 MiB of scores per sequence
-        (1, 8, 512, 1),
-        (7, 8, 512, 1),  # no divisor of 7 fits two sequences
-        (6, 8, 512, 2),
-        (3, 8, 1024, 1),  # one sequence alone exceeds the budget
-        (64, 4, 128, 64),  # a small model takes the whole batch at once
-        (0, 8, 512, 0),
+        (8, 8, 512, (1, 2)),  # small_512 at 8 x 512: 1 MiB of scores per head
+        (1, 8, 512, (1, 2)),
+        (2, 6, 512, (1, 2)),
+        (2, 3, 512, (1, 1)),  # no divisor of 3 heads fits two heads
+        (3, 8, 1024, (1, 1)),  # one head alone exceeds the budget
+        (6, 8, 128, (3, 8)),  # 4 sequences fit, and 3 divides the batch
+        (64, 4, 128, (8, 4)),
+        (7, 2, 128, (7, 2)),  # the whole batch fits
+        (0, 8, 512, (0, 8)),
     ],
 )
-def test_attention_chunk_size(batch, heads, seq_len, expected):
-  assert models.attention_chunk_size(batch, heads, seq_len, seq_len) == expected
+def test_attention_chunk_shape(batch, heads, seq_len, expected):
+  assert models.attention_chunk_shape(batch, heads, seq_len, seq_len) == expected
 
 
 def _naive_attention(q, k, v, mask):
@@ -239,10 +241,13 @@ def _attention_operands(batch=6, seq_len=12, heads=2, head_dim=4):
   return q, k, v, mask
 
 
-@pytest.mark.parametrize("chunk_bytes", [2**30, 2 * 2 * 12 * 12 * 4, 1])
+@pytest.mark.parametrize(
+    "chunk_bytes", [2**30, 2 * 2 * 12 * 12 * 4, 2 * 12 * 12 * 4, 1]
+)
 def test_attention_chunks_match_naive(monkeypatch, chunk_bytes):
-  # 2**30 runs the batch of 6 at once, 2 * 2 * 12 * 12 * 4 in chunks of 2,
-  # and 1 byte one sequence at a time.
+  # 2**30 runs the batch of 6 at once and 2 * 2 * 12 * 12 * 4 in chunks of
+  # 2 sequences. 2 * 12 * 12 * 4 runs one sequence at a time, and 1 byte one
+  # head of one sequence at a time.
   monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
   q, k, v, mask = _attention_operands()
 
@@ -317,7 +322,7 @@ def test_attention_empty_batch():
   assert models.dot_product_attention(q, k, v, mask).shape == (0, 12, 2, 4)
 
 
-@pytest.mark.parametrize("chunk_bytes", [2**30, 1])
+@pytest.mark.parametrize("chunk_bytes", [2**30, 2 * 12 * 12 * 4, 1])
 def test_attention_dropout(monkeypatch, chunk_bytes):
   monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", chunk_bytes)
   q, k, v, mask = _attention_operands()
