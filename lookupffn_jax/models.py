@@ -229,14 +229,15 @@ def attention_chunk_shape(
   When one sequence's float32 scores fit in `ATTENTION_CHUNK_BYTES`, a chunk
   is all heads of the largest divisor of `batch` sequences that fits.
   Otherwise it is one sequence and the largest divisor of `num_heads` heads
-  that fits, 1 when one head alone does not. An empty batch is one chunk.
+  that fits, 1 when one head alone does not. An empty batch, or one without
+  heads, is one chunk.
   """
-  if batch < 1:
+  if batch < 1 or num_heads < 1:
     return batch, num_heads
   per_head = max(q_len * k_len * 4, 1)
   fit_heads = ATTENTION_CHUNK_BYTES // per_head
   if fit_heads >= num_heads:
-    return _largest_divisor_at_most(batch, fit_heads // max(num_heads, 1)), num_heads
+    return _largest_divisor_at_most(batch, fit_heads // num_heads), num_heads
   return 1, _largest_divisor_at_most(num_heads, fit_heads)
 
 

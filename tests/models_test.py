@@ -217,6 +217,7 @@ def test_padding_masked_in_attention():
         (64, 4, 128, (8, 4)),
         (7, 2, 128, (7, 2)),  # the whole batch fits
         (0, 8, 512, (0, 8)),
+        (4, 0, 512, (4, 0)),
     ],
 )
 def test_attention_chunk_shape(batch, heads, seq_len, expected):
@@ -320,6 +321,12 @@ def test_attention_bf16_logits_float32():
 def test_attention_empty_batch():
   q, k, v, mask = (a[:0] for a in _attention_operands())
   assert models.dot_product_attention(q, k, v, mask).shape == (0, 12, 2, 4)
+
+
+def test_attention_no_heads(monkeypatch):
+  monkeypatch.setattr(models, "ATTENTION_CHUNK_BYTES", 1)
+  q, k, v, mask = _attention_operands(heads=0)
+  assert models.dot_product_attention(q, k, v, mask).shape == (6, 12, 0, 4)
 
 
 @pytest.mark.parametrize("chunk_bytes", [2**30, 2 * 12 * 12 * 4, 1])
