@@ -216,17 +216,23 @@ def make_ffn(config: RobertaConfig, name: str = "ffn") -> nn.Module:
 # and 8 MiB were as fast as 16.
 ATTENTION_CHUNK_BYTES = 2 * 2**20
 
+# The score budget on every platform other than CPU, where chunks only bound
+# memory: many small products in sequence likely run slower there than one
+# large one. NOTE: not timed on a GPU or TPU; 1 GiB is a guess.
+ACCELERATOR_ATTENTION_CHUNK_BYTES = 2**30
+
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
   return max(d for d in range(1, max(1, min(limit, n)) + 1) if n % d == 0)
 
 
 def attention_chunk_shape(
-    batch: int, num_heads: int, q_len: int, k_len: int
+    batch: int, num_heads: int, q_len: int, k_len: int, chunk_bytes: int | None = None
 ) -> tuple[int, int]:
   """Returns the (sequences, heads) that `dot_product_attention` takes at once.
 
-  When one sequence's float32 scores fit in `ATTENTION_CHUNK_BYTES`, a chunk
+  `chunk_bytes` is the score budget, `ATTENTION_CHUNK_BYTES` (the CPU's) by
+  default. When one sequence's float32 scores fit in it, a chunk
   is all heads of the largest divisor of `batch` sequences that fits.
   Otherwise it is one sequence and the largest divisor of `num_heads` heads
   that fits, 1 when one head alone does not. An empty batch, or one without
@@ -234,8 +240,10 @@ def attention_chunk_shape(
   """
   if batch < 1 or num_heads < 1:
     return batch, num_heads
+  if chunk_bytes is None:
+    chunk_bytes = ATTENTION_CHUNK_BYTES
   per_head = max(q_len * k_len * 4, 1)
-  fit_heads = ATTENTION_CHUNK_BYTES // per_head
+  fit_heads = chunk_bytes // per_head
   if fit_heads >= num_heads:
     return _largest_divisor_at_most(batch, fit_heads // num_heads), num_heads
   return 1, _largest_divisor_at_most(num_heads, fit_heads)
@@ -275,9 +283,11 @@ def dot_product_attention(
 
   `q` is expected to be scaled already. `mask_BxL` is nonzero at real keys
   and 0 at padding, and `dropout_rate` is a Python float, static under
-  `jax.jit`. Batches whose scores exceed `ATTENTION_CHUNK_BYTES` run through
-  `jax.lax.map` in chunks of the (sequences, heads) that
-  `attention_chunk_shape` gives. Dropout applies to the attention weights
+  `jax.jit`. On CPU, batches whose scores exceed `ATTENTION_CHUNK_BYTES` run
+  through `jax.lax.map` in chunks of the (sequences, heads) that
+  `attention_chunk_shape` gives; other platforms use
+  `ACCELERATOR_ATTENTION_CHUNK_BYTES`, chosen at lowering time by
+  `jax.lax.platform_dependent`. Dropout applies to the attention weights
   when `dropout_rng` is given, and chunk i draws its mask from
   `fold_in(dropout_rng, i)`.
   """
@@ -306,9 +316,29 @@ def dot_product_attention(
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-  chunk_sequences, chunk_heads = attention_chunk_shape(batch, num_heads, q_len, k_len)
   if dropout_rng is not None and dropout_rate == 0.0:
     dropout_rng = None
+  chunked = functools.partial(_chunked_attention, dropout_rate=dropout_rate)
+  return jax.lax.platform_dependent(
+      q_BxLxHxK,
+      k_BxLxHxK,
+      v_BxLxHxK,
+      mask_BxL,
+      dropout_rng,
+      cpu=functools.partial(chunked, chunk_bytes=ATTENTION_CHUNK_BYTES),
+      default=functools.partial(chunked, chunk_bytes=ACCELERATOR_ATTENTION_CHUNK_BYTES),
+  )
+
+
+def _chunked_attention(
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL, dropout_rng, *, dropout_rate, chunk_bytes
+):
+  """Runs `dot_product_attention` on checked operands in chunks of at most `chunk_bytes`."""
+  batch, q_len, num_heads, _ = q_BxLxHxK.shape
+  k_len = k_BxLxHxK.shape[1]
+  chunk_sequences, chunk_heads = attention_chunk_shape(
+      batch, num_heads, q_len, k_len, chunk_bytes
+  )
   # The block takes heads-first [batch, heads, seq, head_dim] operands,
   # transposed here, outside the chunk loop. XLA fuses these transposes into
   # the ops around them (the projections' bias adds, the copy before the

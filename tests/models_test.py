@@ -224,6 +224,24 @@ def test_attention_chunk_shape(batch, heads, seq_len, expected):
   assert models.attention_chunk_shape(batch, heads, seq_len, seq_len) == expected
 
 
+def test_attention_chunk_shape_budget():
+  assert models.attention_chunk_shape(8, 8, 512, 512, chunk_bytes=2**30) == (8, 8)
+  assert models.attention_chunk_shape(8, 8, 512, 512, chunk_bytes=2**24) == (2, 8)
+
+
+@pytest.mark.parametrize("platform, chunked", [("cpu", True), ("cuda", False), ("tpu", False)])
+def test_attention_chunks_only_on_cpu(platform, chunked):
+  # small_512 at 8 x 512 has 64 MiB of scores per layer: chunks of 2 MiB on
+  # CPU, one block within the 1 GiB of other platforms. Lowering for a
+  # platform needs no device of it.
+  q = jax.ShapeDtypeStruct((8, 512, 8, 64), jnp.float32)
+  mask = jax.ShapeDtypeStruct((8, 512), jnp.int32)
+  lowered = jax.jit(models.dot_product_attention).trace(q, q, q, mask).lower(
+      lowering_platforms=(platform,)
+  )
+  assert ("stablehlo.while" in lowered.as_text()) == chunked
+
+
 def _naive_attention(q, k, v, mask):
   logits = jnp.einsum("bqhk,bshk->bhqs", q, k)
   logits = jnp.where(mask[:, None, None, :] > 0, logits, -jnp.inf)
