@@ -10,6 +10,7 @@ size and forward cost of a config.
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -250,14 +251,16 @@ def attention_chunk_shape(
 
 
 def _attention_block(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, mask_BxL, dropout_rate, dropout_rng):
-  # The logits and the softmax are float32 because bf16, with 8 bits of
-  # precision, loses the small terms of a long row's normaliser. Padded keys
+  # The logits and the softmax are float32, or float64 for float64 inputs,
+  # because bf16, with 8 bits of precision, loses the small terms of a long
+  # row's normaliser. Padded keys
   # get the lowest float32 added: exp of it is exactly 0, a row of padding
   # alone stays finite (uniform weights while the logits stay far below
   # 1e31), and XLA fuses the addition into the softmax, which it does not
   # do for a select.
+  logits_dtype = jnp.promote_types(q_BxHxLxK.dtype, jnp.float32)
   logits_BxHxLxL = jnp.einsum(
-      "bhqk,bhsk->bhqs", q_BxHxLxK, k_BxHxLxK, preferred_element_type=jnp.float32
+      "bhqk,bhsk->bhqs", q_BxHxLxK, k_BxHxLxK, preferred_element_type=logits_dtype
   )
   lowest = jnp.finfo(jnp.float32).min
   key_bias_Bx1x1xL = jnp.where(mask_BxL.astype(bool), 0.0, lowest)[:, None, None, :]
@@ -291,6 +294,9 @@ def dot_product_attention(
   when `dropout_rng` is given, and chunk i draws its mask from
   `fold_in(dropout_rng, i)`.
   """
+  q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL = (
+      jnp.asarray(a) for a in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, mask_BxL)
+  )
   if q_BxLxHxK.ndim != 4 or k_BxLxHxK.ndim != 4 or v_BxLxHxK.ndim != 4:
     raise ValueError(
         f"q, k and v must have shape [batch, seq, heads, head_dim], got"
@@ -298,21 +304,31 @@ def dot_product_attention(
     )
   batch, q_len, num_heads, head_dim = q_BxLxHxK.shape
   k_len = k_BxLxHxK.shape[1]
-  if (
-      k_BxLxHxK.shape != (batch, k_len, num_heads, head_dim)
-      or v_BxLxHxK.shape[:3] != (batch, k_len, num_heads)
-      or mask_BxL.shape != (batch, k_len)
-  ):
+  if k_BxLxHxK.shape != (batch, k_len, num_heads, head_dim):
     raise ValueError(
         f"k {k_BxLxHxK.shape} must match q {q_BxLxHxK.shape} in batch, heads"
-        f" and head_dim, v {v_BxLxHxK.shape} must match k in batch, seq and"
-        f" heads, and mask {mask_BxL.shape} must be [batch, number of keys] ="
+        f" and head_dim: expected {(batch, k_len, num_heads, head_dim)}"
+    )
+  if v_BxLxHxK.shape[:3] != (batch, k_len, num_heads):
+    raise ValueError(
+        f"v {v_BxLxHxK.shape} must match k {k_BxLxHxK.shape} in batch, seq and"
+        f" heads: expected {(batch, k_len, num_heads)} + (head_dim of v,)"
+    )
+  if mask_BxL.shape != (batch, k_len):
+    raise ValueError(
+        f"mask {mask_BxL.shape} must be [batch, number of keys] ="
         f" {(batch, k_len)}"
     )
   if isinstance(dropout_rate, jax.core.Tracer):
     raise TypeError(
-        "dropout_rate must be a Python float, not a traced value. Under"
-        " jax.jit, mark it static (static_argnums or static_argnames)."
+        "dropout_rate must be a Python float, not a traced value. Pass it as"
+        " a constant, and under jax.jit mark it static (static_argnums or"
+        " static_argnames)."
+    )
+  if not isinstance(dropout_rate, numbers.Real) or isinstance(dropout_rate, bool):
+    raise TypeError(
+        f"dropout_rate must be a Python float, got {dropout_rate!r} of type"
+        f" {type(dropout_rate).__name__}"
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")

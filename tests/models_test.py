@@ -313,10 +313,37 @@ def test_attention_rejects_dropout_rate(rate):
     models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
 
 
+@pytest.mark.parametrize("rate", ["0.1", None, True])
+def test_attention_rejects_rate_type(rate):
+  q, k, v, mask = _attention_operands()
+  with pytest.raises(TypeError, match="dropout_rate must be a Python float, got"):
+    models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
+
+
+def test_attention_accepts_lists():
+  q, k, v, mask = _attention_operands(batch=2, seq_len=3, heads=1, head_dim=2)
+  out = models.dot_product_attention(q.tolist(), k.tolist(), v.tolist(), mask.tolist())
+  np.testing.assert_allclose(out, models.dot_product_attention(q, k, v, mask), rtol=1e-6)
+
+
+def test_attention_float64_logits():
+  with jax.enable_x64(True):
+    q, k, v = (
+        jax.random.normal(jax.random.key(i), (2, 12, 2, 4), jnp.float64) for i in range(3)
+    )
+    mask = jnp.ones((2, 12), jnp.int32)
+    out = models.dot_product_attention(q, k, v, mask)
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out, _naive_attention(q, k, v, mask), rtol=1e-12, atol=1e-13)
+
+
 def test_attention_rejects_traced_rate():
   q, k, v, mask = _attention_operands()
-  with pytest.raises(TypeError, match="dropout_rate must be a Python float"):
+  with pytest.raises(TypeError, match="not a traced value"):
     jax.jit(models.dot_product_attention)(q, k, v, mask, 0.5, jax.random.key(0))
+  attend = lambda rate: models.dot_product_attention(q, k, v, mask, rate, jax.random.key(0))
+  with pytest.raises(TypeError, match="not a traced value"):
+    jax.grad(lambda rate: jnp.sum(attend(rate)))(0.1)
 
 
 def test_attention_bf16_logits_float32():
