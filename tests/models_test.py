@@ -233,7 +233,7 @@ def test_attention_chunk_shape_budget():
 def test_attention_chunks_only_on_cpu(platform, chunked):
   # small_512 at 8 x 512 has 64 MiB of scores per layer: chunks of 2 MiB on
   # CPU, one block within the 1 GiB of other platforms. Lowering for a
-  # platform needs no device of it.
+  # platform needs no device of that kind.
   q = jax.ShapeDtypeStruct((8, 512, 8, 64), jnp.float32)
   mask = jax.ShapeDtypeStruct((8, 512), jnp.int32)
   lowered = jax.jit(models.dot_product_attention).trace(q, q, q, mask).lower(
