@@ -176,7 +176,7 @@ def _time_case(table, models_by_name, params, input_ids, mask, positions, mode,
   if candidates:
     timings = timing.time_interleaved(
         candidates,
-        repeats=settings.repeats,
+        repeats=settings.model_repeats,
         min_repeat_seconds=settings.min_repeat_seconds,
     )
 

@@ -88,7 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
   parser.add_argument(
       "--repeats", type=int,
-      help=f"timed repeats per candidate (default: {settings_lib.Settings.repeats})",
+      help="timed repeats per candidate (default:"
+      f" {settings_lib.Settings.repeats}, and {settings_lib.Settings.model_repeats}"
+      " in end_to_end)",
   )
   parser.add_argument(
       "--min-repeat-ms", type=float,
@@ -142,6 +144,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def settings_from_args(args: argparse.Namespace) -> settings_lib.Settings:
   quick = args.quick
   default_repeats = _QUICK_REPEATS if quick else settings_lib.Settings.repeats
+  default_model_repeats = (
+      _QUICK_REPEATS if quick else settings_lib.Settings.model_repeats
+  )
   default_seconds = (
       _QUICK_MIN_REPEAT_SECONDS if quick else settings_lib.Settings.min_repeat_seconds
   )
@@ -151,6 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> settings_lib.Settings:
           settings_lib.QUICK_MODEL_BATCHES if quick else settings_lib.FULL_MODEL_BATCHES
       ),
       repeats=args.repeats or default_repeats,
+      model_repeats=args.repeats or default_model_repeats,
       min_repeat_seconds=(
           args.min_repeat_ms / 1e3 if args.min_repeat_ms else default_seconds
       ),

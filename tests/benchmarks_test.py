@@ -27,6 +27,12 @@ def test_benchmark_sections_run(tmp_path):
   assert len(results["tables"]) >= 4
 
 
+def test_model_repeats_default():
+  assert run.settings_from_args(run.parse_args([])).model_repeats == 9
+  assert run.settings_from_args(run.parse_args(["--repeats", "3"])).model_repeats == 3
+  assert run.settings_from_args(run.parse_args(["--quick"])).model_repeats == 3
+
+
 def test_without_ffn_model_drops_ffn_blocks():
   model = models.RobertaForMaskedLM(models.RobertaConfig.tiny())
   ids = jnp.arange(4, 20, dtype=jnp.int32).reshape(2, 8)
