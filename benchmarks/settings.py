@@ -36,9 +36,9 @@ class Settings:
   model_batches: tuple[tuple[int, int], ...] = FULL_MODEL_BATCHES
   # Timed repeats of every candidate, interleaved with the others.
   repeats: int = 5
-  # The same for the end-to-end section. At 8 x 512 a repeat is one call of
-  # about a second, and load on a shared machine moves single calls by 10%
-  # or more, so five repeats gave speedups 3% apart at one revision.
+  # Timed repeats in the end-to-end section. At 8 x 512 a repeat is one call
+  # of about a second, and load moves single calls by 10% or more: at one
+  # revision, runs with five repeats gave speedups 3% apart.
   model_repeats: int = 9
   # Each repeat calls a candidate until at least this many seconds have passed.
   min_repeat_seconds: float = 0.05

@@ -312,7 +312,7 @@ def dot_product_attention(
   if v_BxLxHxK.shape[:3] != (batch, k_len, num_heads):
     raise ValueError(
         f"v {v_BxLxHxK.shape} must match k {k_BxLxHxK.shape} in batch, seq and"
-        f" heads: expected {(batch, k_len, num_heads)} + (head_dim of v,)"
+        f" heads: expected ({batch}, {k_len}, {num_heads}, any head_dim)"
     )
   if mask_BxL.shape != (batch, k_len):
     raise ValueError(
@@ -328,7 +328,7 @@ def dot_product_attention(
   if not isinstance(dropout_rate, numbers.Real) or isinstance(dropout_rate, bool):
     raise TypeError(
         f"dropout_rate must be a Python float, got {dropout_rate!r} of type"
-        f" {type(dropout_rate).__name__}"
+        f" {type(dropout_rate).__name__}; pass a number in [0, 1)"
     )
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
